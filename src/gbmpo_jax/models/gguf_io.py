@@ -1,0 +1,127 @@
+"""GGUF files (llama.cpp) -> HF config dict + HF-named float32 tensors.
+
+Tensors are dequantised with the `gguf` package (any quantisation it supports, e.g. Q4_1/Q8_0)
+and renamed to Hugging Face names, so `hf_io.params_from_hf` does the rest.
+
+llama.cpp's converter permutes the rows of ``attn_q``/``attn_k`` for its interleaved RoPE
+(``convert_hf_to_gguf.py``: ``w.reshape(n_head, 2, d/2, in).swapaxes(1, 2)``); we apply the
+inverse, ``w.reshape(n_head, d/2, 2, in).swapaxes(1, 2)``, to get HF's rotate-half layout.
+
+Deviation: only the ``llama`` architecture without a ``rope_freqs`` tensor is supported (the
+Llama-3.1 GGUFs carry their rope scaling as that tensor; convert those from HF instead).
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+SUPPORTED_GGUF_ARCHS: tuple[str, ...] = ("llama",)
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+def _field(reader, key, default=None):
+    field = reader.fields.get(key)
+    if field is None:
+        if default is None:
+            raise ValueError(f"GGUF file lacks metadata field {key!r}")
+        return default
+    return field.contents()
+
+
+def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Inverse of llama.cpp's q/k row permutation. w [n_head*D, in] -> same shape."""
+    return (
+        w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def read_gguf(path: str | pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(HF config.json dict, {HF name: float32 array}) from a llama-architecture GGUF file."""
+    import gguf  # lazy: only GGUF users need it
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file {path} not found")
+    reader = gguf.GGUFReader(str(path))
+    arch = _field(reader, "general.architecture")
+    if arch not in SUPPORTED_GGUF_ARCHS:
+        raise ValueError(
+            f"GGUF architecture {arch!r} unsupported; supported: {list(SUPPORTED_GGUF_ARCHS)}"
+        )
+    n_head = int(_field(reader, f"{arch}.attention.head_count"))
+    n_kv = int(_field(reader, f"{arch}.attention.head_count_kv", n_head))
+    hidden = int(_field(reader, f"{arch}.embedding_length"))
+    names = {t.name for t in reader.tensors}
+    if "rope_freqs.weight" in names:
+        raise ValueError(
+            f"{path.name} stores rope scaling as a rope_freqs tensor (Llama 3.1 style), which the "
+            f"GGUF reader does not support: convert the model from its HF directory instead"
+        )
+    tensors: dict[str, np.ndarray] = {}
+    for t in reader.tensors:
+        w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+        w = w.reshape(tuple(int(s) for s in reversed(t.shape)))
+        parts = t.name.split(".")
+        if parts[0] == "blk":
+            kind = parts[2]
+            if kind not in _LAYER_NAMES:
+                raise ValueError(f"GGUF tensor {t.name!r} is not a supported llama tensor")
+            if kind == "attn_q":
+                w = _unpermute(w, n_head)
+            elif kind == "attn_k":
+                w = _unpermute(w, n_kv)
+            tensors[f"model.layers.{parts[1]}.{_LAYER_NAMES[kind]}.{parts[3]}"] = w
+        elif t.name == "token_embd.weight":
+            tensors["model.embed_tokens.weight"] = w
+        elif t.name == "output_norm.weight":
+            tensors["model.norm.weight"] = w
+        elif t.name == "output.weight":
+            tensors["lm_head.weight"] = w
+        else:
+            raise ValueError(f"GGUF tensor {t.name!r} is not a supported llama tensor")
+
+    def token_id(key):
+        field = reader.fields.get(f"tokenizer.ggml.{key}")
+        return None if field is None else int(field.contents())
+
+    config = {
+        "model_type": "llama",
+        "vocab_size": int(tensors["model.embed_tokens.weight"].shape[0]),
+        "hidden_size": hidden,
+        "intermediate_size": int(_field(reader, f"{arch}.feed_forward_length")),
+        "num_hidden_layers": int(_field(reader, f"{arch}.block_count")),
+        "num_attention_heads": n_head,
+        "num_key_value_heads": n_kv,
+        "head_dim": int(_field(reader, f"{arch}.attention.key_length", hidden // n_head)),
+        "rms_norm_eps": float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon")),
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
+        },
+        "max_position_embeddings": int(_field(reader, f"{arch}.context_length", 4096)),
+        "tie_word_embeddings": "lm_head.weight" not in tensors,
+        "bos_token_id": token_id("bos_token_id"),
+        "eos_token_id": token_id("eos_token_id"),
+        "pad_token_id": token_id("padding_token_id"),
+    }
+    scaling = reader.fields.get(f"{arch}.rope.scaling.type")
+    if scaling is not None and scaling.contents() not in ("none", "linear"):
+        raise ValueError(f"GGUF rope scaling {scaling.contents()!r} unsupported (none/linear)")
+    if scaling is not None and scaling.contents() == "linear":
+        factor = float(_field(reader, f"{arch}.rope.scaling.factor"))
+        config["rope_parameters"].update(rope_type="linear", factor=factor)
+    return config, tensors
