@@ -1,0 +1,1 @@
+"""Verifiable rewards: math answer matching and sandboxed code execution."""
