@@ -1,0 +1,84 @@
+"""Memory estimate of a run, per device, for `--dry-run` (before paying for an accelerator).
+
+Counts, in bytes:
+  params      policy weights in `model.dtype` (the frozen reference shares them under LoRA;
+              full fine-tuning keeps a second, frozen copy);
+  trainable   fp32 AdamW moments (2 x trainable parameters) plus the gradient;
+  kv_cache    2 (k and v) x layers x rows x (prompt + completion) x kv_heads x head_dim
+              x compute-dtype bytes, rows = prompts_per_step x group_size;
+  activations the training forward/backward of one micro-batch: per layer and token about
+              (10 x hidden + 3 x intermediate) values kept for the backward pass (1 x hidden
+              with remat), plus the fp32 logits [rows, T, vocab] twice (logits and grad).
+Sharding divides params/optimizer by the fsdp x tensor axes and rows by the data axes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+
+from gbmpo_jax.models import transformer
+from gbmpo_jax.models.config import ModelConfig
+
+_BYTES = {"float32": 4, "bfloat16": 2}
+
+
+def count_params(model_config: ModelConfig) -> int:
+    shapes = transformer.param_shapes(model_config)
+    return sum(
+        math.prod(s) for s in jax.tree.leaves(shapes, is_leaf=lambda s: isinstance(s, tuple))
+    )
+
+
+def lora_params(model_config: ModelConfig, rank: int, targets) -> int:
+    c = model_config
+    e, f = c.hidden_size, c.intermediate_size
+    dims = {
+        "q_proj": (e, c.num_heads * c.head_dim),
+        "k_proj": (e, c.num_kv_heads * c.head_dim),
+        "v_proj": (e, c.num_kv_heads * c.head_dim),
+        "o_proj": (c.num_heads * c.head_dim, e),
+        "gate_proj": (e, f),
+        "up_proj": (e, f),
+        "down_proj": (f, e),
+    }
+    return c.num_layers * sum(rank * (dims[t][0] + dims[t][1]) for t in targets if t in dims)
+
+
+def estimate(
+    cfg, model_config: ModelConfig, *, data: int = 1, fsdp: int = 1, tensor: int = 1
+) -> dict:
+    """Per-device bytes of each component and their total (see the module docstring)."""
+    c = model_config
+    shard = fsdp * tensor
+    n = count_params(c)
+    pbytes = _BYTES[cfg.model.dtype]
+    params = n * pbytes * (1 if cfg.lora.rank else 2) / shard
+    trainable = lora_params(c, cfg.lora.rank, cfg.lora.targets) if cfg.lora.rank else n
+    optimizer = trainable * (4 * 2 + pbytes) / shard
+    rows = cfg.rollout.prompts_per_step * cfg.rollout.group_size / data
+    seq = cfg.task.max_prompt_len + cfg.rollout.max_new_tokens
+    cbytes = _BYTES[cfg.model.compute_dtype]
+    kv = 2 * c.num_layers * rows * seq * c.num_kv_heads * c.head_dim * cbytes / tensor
+    micro_rows = rows / cfg.objective.micro_batches
+    per_tok = c.hidden_size if cfg.model.remat else 10 * c.hidden_size + 3 * c.intermediate_size
+    acts = micro_rows * seq * (c.num_layers * per_tok * cbytes + 2 * 4 * c.vocab_size / tensor)
+    out = {
+        "num_params": n,
+        "trainable_params": trainable,
+        "params_bytes": params,
+        "optimizer_bytes": optimizer,
+        "kv_cache_bytes": kv,
+        "activation_bytes": acts,
+    }
+    out["total_bytes"] = params + optimizer + max(kv, acts)  # rollout and update alternate
+    return {k: int(v) for k, v in out.items()}
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

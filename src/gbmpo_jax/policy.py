@@ -1,0 +1,203 @@
+"""From a run config to the objects a run needs: model, tokenizer and the jitted step pieces.
+
+`load_model_and_tokenizer(cfg)` resolves `model.path`:
+  * "random": a `presets` shape initialised from `run.seed` (smoke runs, demo, benchmarks);
+  * "smollm2": the SmolLM2-135M-Instruct GGUF installed by `make install`;
+  * a local HF directory or .gguf file;
+  * otherwise a hub id (`Qwen/Qwen3-1.7B`), fetched with `huggingface_hub.snapshot_download`
+    (honours HF_HUB_OFFLINE; this is the only network access in the package).
+`model.tokenizer = "char"` selects the built-in character tokenizer.
+
+`build_objective(cfg, model_config)` returns the pure pieces: apply_fn, StepConfig, optimizer,
+divergence and its parameters, advantage function and the sampling config.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from gbmpo_jax import advantages, char_tokenizer, divergences, lora, models, presets
+from gbmpo_jax.config import Config, ConfigError
+from gbmpo_jax.losses import LossConfig
+from gbmpo_jax.optim import OptimConfig, make_optimizer
+from gbmpo_jax.sampling import SamplingConfig, default_stop_token_ids
+from gbmpo_jax.train_step import StepConfig
+
+
+def resolve_model_path(path: str) -> pathlib.Path:
+    if path == "smollm2":
+        return models.smollm2_gguf_path()
+    p = pathlib.Path(path).expanduser()
+    if p.exists():
+        return p
+    if path.count("/") == 1 and not path.startswith((".", "/")):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return pathlib.Path(
+                snapshot_download(
+                    path, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
+                )
+            )
+        except Exception as e:  # offline, unknown id, no access
+            raise ConfigError(
+                f"model.path={path!r}: not a local path, and the hub download failed ({e}); "
+                "download it once with `huggingface-cli download` and pass the directory"
+            ) from e
+    raise ConfigError(
+        f"model.path={path!r} does not exist (a HF directory, .gguf, 'smollm2', "
+        "'random' or a hub id)"
+    )
+
+
+def load_tokenizer(cfg: Config):
+    if cfg.model.tokenizer == "char":
+        return char_tokenizer.make()
+    if cfg.model.tokenizer:
+        return models.load_tokenizer(resolve_model_path(cfg.model.tokenizer))
+    if cfg.model.path == "random":
+        raise ConfigError("model.path=random needs model.tokenizer (e.g. 'char' or a HF dir)")
+    tok = models.load_tokenizer(resolve_model_path(cfg.model.path))
+    tok.padding_side = "left"
+    return tok
+
+
+def load_model_and_tokenizer(cfg: Config):
+    tokenizer = load_tokenizer(cfg)
+    if cfg.model.path == "random":
+        mc = presets.model_config(
+            cfg.model.random_shape,
+            vocab_size=len(tokenizer),
+            compute_dtype=cfg.model.compute_dtype,
+            remat=cfg.model.remat,
+            eos_token_id=(tokenizer.eos_token_id,),
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        key = jax.random.fold_in(jax.random.key(cfg.run.seed), 0x5EED)
+        return models.init_model(mc, key, cfg.model.dtype), tokenizer
+    model = models.load_pretrained(
+        resolve_model_path(cfg.model.path),
+        dtype=cfg.model.dtype,
+        compute_dtype=cfg.model.compute_dtype,
+        remat=cfg.model.remat,
+    )
+    if len(tokenizer) > model.config.vocab_size:
+        raise ConfigError(
+            f"model.tokenizer has {len(tokenizer)} tokens but the model only "
+            f"{model.config.vocab_size}: use the model's own tokenizer"
+        )
+    return model, tokenizer
+
+
+class Objective(NamedTuple):
+    apply_fn: Any  # (params, input_ids, attention_mask) -> logits [N,L,V] fp32
+    step_cfg: StepConfig
+    optimizer: Any  # optim.Optimizer
+    divergence: divergences.Divergence
+    div_params: Any
+    advantage_fn: Any  # (rewards [N], group_size) -> (advantages [N], metrics)
+    sampling: SamplingConfig
+    eval_sampling: SamplingConfig
+
+
+def make_apply_fn(model_config):
+    def apply_fn(params, input_ids, attention_mask):
+        pos = models.positions_from_mask(attention_mask)
+        return models.apply(params, model_config, input_ids, pos, attention_mask)[0]
+
+    return apply_fn
+
+
+def load_mirror_params(path: str) -> dict:
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise ConfigError(f"objective.mirror_params_path={path!r} is not a file (.npz from meta)")
+    with np.load(p) as z:
+        params = {k: np.asarray(z[k], np.float32) for k in ("v", "w", "b", "a", "c")}
+    divergences.validate_mirror_params(params)
+    return params
+
+
+def build_objective(cfg: Config, model_config, tokenizer) -> Objective:
+    o, r = cfg.objective, cfg.rollout
+    options = {"init": o.mirror_init} if o.divergence == "neural_mirror" else {}
+    div = divergences.get(o.divergence, **options)
+    if o.mirror_params_path:
+        if o.divergence != "neural_mirror":
+            raise ConfigError(
+                "objective.mirror_params_path needs objective.divergence=neural_mirror"
+            )
+        div_params = load_mirror_params(o.mirror_params_path)
+    else:
+        div_params = div.init_params(jax.random.key(cfg.run.seed))
+    lora_cfg = (
+        lora.LoraConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=cfg.lora.targets)
+        if cfg.lora.rank
+        else None
+    )
+    step_cfg = StepConfig(
+        loss=LossConfig(
+            loss_type=o.loss_type,
+            epsilon_low=o.epsilon_low,
+            epsilon_high=o.epsilon_high,
+            importance_sampling=o.importance_sampling,
+            max_completion_length=r.max_new_tokens,
+            mask_truncated_completions=o.mask_truncated_completions,
+        ),
+        group_size=r.group_size,
+        temperature=r.temperature,
+        mu=o.mu,
+        micro_batches=o.micro_batches,
+        lora=lora_cfg,
+    )
+    op = cfg.optim
+    optimizer = make_optimizer(
+        OptimConfig(
+            learning_rate=op.lr,
+            schedule=op.schedule,
+            total_steps=max(cfg.run.steps * o.mu, 1),
+            warmup_ratio=op.warmup_ratio,
+            b1=op.b1,
+            b2=op.b2,
+            eps=op.eps,
+            weight_decay=op.weight_decay,
+            max_grad_norm=op.clip_norm or None,
+        )
+    )
+    stops = default_stop_token_ids(tokenizer, model_config)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    sampling = SamplingConfig(
+        max_new_tokens=r.max_new_tokens,
+        group_size=r.group_size,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        top_k=r.top_k,
+        min_p=r.min_p,
+        repetition_penalty=r.repetition_penalty,
+        min_new_tokens=r.min_new_tokens,
+        stop_token_ids=stops,
+        pad_token_id=pad,
+    )
+    eval_sampling = SamplingConfig(
+        max_new_tokens=r.max_new_tokens,
+        group_size=1,
+        temperature=r.temperature,
+        greedy=True,
+        stop_token_ids=stops,
+        pad_token_id=pad,
+    )
+    adv = advantages.get(o.advantage, scale_rewards=o.scale_rewards)
+    return Objective(
+        make_apply_fn(model_config),
+        step_cfg,
+        optimizer,
+        div,
+        div_params,
+        adv,
+        sampling,
+        eval_sampling,
+    )
