@@ -23,3 +23,34 @@ def shared_data() -> pathlib.Path:
             pytest.fail(f"shared data missing at {SHARED_DATA}: CI must lay ../shared beside the clone")
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+# --------------------------------------------------------------------------- SmolLM2 demo model
+def _smollm2_gguf() -> pathlib.Path:
+    from gbmpo_jax import models
+
+    try:
+        return models.smollm2_gguf_path()
+    except FileNotFoundError as err:
+        if os.environ.get("CI"):
+            pytest.fail(str(err))
+        pytest.skip(str(err))
+
+
+@pytest.fixture(scope="session")
+def smollm2_model():
+    """SmolLM2-135M-Instruct from its Q4_1 GGUF, dequantised to a float32 `models.Model`."""
+    from gbmpo_jax import models
+
+    return models.load_pretrained(_smollm2_gguf())
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_dir(smollm2_model, tmp_path_factory) -> pathlib.Path:
+    """The same model saved once as a float32 HF directory with its tokenizer (session tmp)."""
+    from gbmpo_jax import models
+
+    out = tmp_path_factory.mktemp("smollm2") / "hf"
+    return models.save_pretrained(
+        smollm2_model, out, tokenizer=models.load_tokenizer(_smollm2_gguf())
+    )
