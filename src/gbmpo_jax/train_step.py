@@ -1,0 +1,266 @@
+"""The jitted GBMPO update: ``update(state, batch, key) -> (state, metrics)`` (arXiv 2602.04380).
+
+Built by ``make_update(apply_fn, divergence, optimizer, cfg)``; the model enters only through
+``apply_fn(params, input_ids [N,P+T], attention_mask [N,P+T]) -> logits [N,P+T,V]``. Batch
+(DESIGN.md): input_ids, attention_mask, completion_mask [N,T], advantages [N], and optionally
+old_logp / ref_logp [N,T] (computed here from the state when absent: old = policy at the start
+of the update, ref = ``state.frozen``), truncated [N] (bool), num_items_in_batch (dapo).
+Log-probs: logits at positions P-1 .. P+T-2 divided by the temperature, float32.
+
+One update = ``mu`` optimizer steps on the same batch (stored old log-probs). Each step
+splits the N rows into ``micro_batches`` equal slices, scans over them accumulating the
+*sums* sum W l and their gradients (W from `losses.token_weights` on the whole batch), so the
+objective does not depend on the split. A step whose loss or gradient is non-finite is
+skipped (params / opt state unchanged via ``jnp.where``) and counted; `check_skips` stops
+the host loop after ``max_in_row`` consecutive skips.
+
+Reference policy: ``state.frozen`` = a copy of the initial params (full fine-tuning) or the
+LoRA base weights (adapters off). Never the current policy.
+
+Deliberate deviations from TRL: 1. the micro-batch split never changes the objective (see
+`losses`); 2. ``key`` is accepted for stochastic objectives but unused by the current ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gbmpo_jax import lora as lora_lib
+from gbmpo_jax.advantages import advantage_metrics
+from gbmpo_jax.divergences import Divergence
+from gbmpo_jax.losses import LossConfig, loss_fn, loss_mask, token_weights
+from gbmpo_jax.optim import Optimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    loss: LossConfig = LossConfig()
+    group_size: int = 4
+    temperature: float = 1.0
+    mu: int = 1  # optimizer steps per update (inner iterations on stored old log-probs)
+    micro_batches: int = 1
+    lora: lora_lib.LoraConfig | None = None
+
+    def __post_init__(self):
+        if self.mu < 1:
+            raise ValueError(f"mu={self.mu} must be >= 1")
+        if self.micro_batches < 1:
+            raise ValueError(f"micro_batches={self.micro_batches} must be >= 1")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature={self.temperature} must be > 0")
+        if self.group_size < 2:
+            raise ValueError(f"group_size={self.group_size} must be >= 2")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+    step: jax.Array  # applied optimizer steps (int32)
+    params: Any  # trainable: full params or LoRA adapters
+    opt_state: Any
+    frozen: Any  # reference params: initial copy, or LoRA base weights
+    div_params: Any  # divergence parameters (traced; vmappable by ES)
+    div_coef: jax.Array  # lambda (float32, traced)
+    skipped_in_row: jax.Array  # consecutive skipped steps (int32)
+    skipped_total: jax.Array  # all skipped steps (int32)
+
+
+def init_state(params, optimizer: Optimizer, div_params, div_coef, cfg: StepConfig, key=None):
+    """Initial state. Full fine-tuning copies ``params`` into ``frozen`` (the reference);
+    with ``cfg.lora`` the params become the frozen base and fresh adapters are trained."""
+    if cfg.lora is not None:
+        if key is None:
+            raise ValueError("init_state with LoRA needs a PRNG key for the adapter init")
+        frozen, trainable = params, lora_lib.init(key, params, cfg.lora)
+    else:
+        frozen, trainable = jax.tree.map(jnp.copy, params), params
+    i32 = lambda x: jnp.asarray(x, jnp.int32)  # noqa: E731
+    return TrainState(
+        step=i32(0),
+        params=trainable,
+        opt_state=optimizer.tx.init(trainable),
+        frozen=frozen,
+        div_params=div_params,
+        div_coef=jnp.asarray(div_coef, jnp.float32),
+        skipped_in_row=i32(0),
+        skipped_total=i32(0),
+    )
+
+
+def policy_params(trainable, frozen, cfg: StepConfig):
+    return lora_lib.merge(frozen, trainable, cfg.lora) if cfg.lora is not None else trainable
+
+
+def token_logprobs(logits, targets, temperature: float):
+    """(logp [n,T], entropy [n,T]) float32 of ``targets`` under softmax(logits / temperature)."""
+    z = logits.astype(jnp.float32) / temperature
+    logz = jax.nn.log_softmax(z, axis=-1)
+    logp = jnp.take_along_axis(logz, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    ent = -jnp.sum(jnp.exp(logz) * logz, axis=-1)
+    return logp, jax.lax.stop_gradient(ent)
+
+
+def _completion_logprobs(apply_fn, params, input_ids, attention_mask, t: int, temperature):
+    p = input_ids.shape[1] - t
+    logits = apply_fn(params, input_ids, attention_mask)[:, p - 1 : p - 1 + t]
+    return token_logprobs(logits, input_ids[:, p:], temperature)
+
+
+def _split(x, m: int):
+    if x.shape[0] % m:
+        raise ValueError(f"batch of {x.shape[0]} rows does not split into micro_batches={m}")
+    return x.reshape(m, x.shape[0] // m, *x.shape[1:])
+
+
+def make_compute_logprobs(apply_fn: Callable, cfg: StepConfig):
+    """Jitted ``fn(state, input_ids, attention_mask, completion_len) -> (policy_logp,
+    ref_logp, policy_entropy)``, each [N,T] float32, micro-batched like the update. Use it
+    to fill ``old_logp`` / ``ref_logp`` before the mu updates."""
+
+    @functools.partial(jax.jit, static_argnums=3)
+    def fn(state: TrainState, input_ids, attention_mask, completion_len: int):
+        pol = policy_params(state.params, state.frozen, cfg)
+
+        def one(carry, mb):
+            ids, am = mb
+            lp, ent = _completion_logprobs(apply_fn, pol, ids, am, completion_len, cfg.temperature)
+            rp, _ = _completion_logprobs(
+                apply_fn, state.frozen, ids, am, completion_len, cfg.temperature
+            )
+            return carry, (lp, rp, ent)
+
+        m = cfg.micro_batches
+        _, out = jax.lax.scan(one, None, (_split(input_ids, m), _split(attention_mask, m)))
+        return tuple(x.reshape(-1, completion_len) for x in out)
+
+    return fn
+
+
+def make_update(
+    apply_fn: Callable,
+    divergence: Divergence,
+    optimizer: Optimizer,
+    cfg: StepConfig,
+    jit: bool = True,
+):
+    """Returns ``update(state, batch, key) -> (state, metrics)``, jitted with the state
+    donated; ``jit=False`` gives the pure function (to vmap over an ES population of states
+    or to scan inside a larger jitted program)."""
+    logprobs = make_compute_logprobs(apply_fn, cfg)
+
+    def grads_of(trainable, state, mb, t):
+        def objective(tr):
+            pol = policy_params(tr, state.frozen, cfg)
+            logp, ent = _completion_logprobs(
+                apply_fn, pol, mb["input_ids"], mb["attention_mask"], t, cfg.temperature
+            )
+            loss, sums = loss_fn(
+                logp, mb["old_logp"], mb["ref_logp"], mb["advantages"], mb["mask"],
+                mb["weights"], divergence, state.div_params, state.div_coef, cfg.loss,
+            )  # fmt: skip
+            sums["entropy_sum"] = jnp.sum(mb["mask"] * ent)
+            return loss, sums
+
+        return jax.value_and_grad(objective, has_aux=True)(trainable)
+
+    def one_step(state: TrainState, batch, t):
+        m = cfg.micro_batches
+        mbs = jax.tree.map(lambda x: _split(x, m), batch)
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+
+        combine = {"ratio_min": jnp.minimum, "ratio_max": jnp.maximum}
+        start = {"ratio_min": jnp.inf, "ratio_max": -jnp.inf}
+
+        def body(acc, mb):
+            g_acc, s_acc = acc
+            (_, sums), g = grads_of(state.params, state, mb, t)
+            g_acc = jax.tree.map(jnp.add, g_acc, g)
+            s_acc = {k: combine.get(k, jnp.add)(s_acc[k], sums[k]) for k in sums}
+            return (g_acc, s_acc), None
+
+        first = jax.tree.map(lambda x: x[0], mbs)
+        shapes = jax.eval_shape(lambda: grads_of(state.params, state, first, t)[0][1])
+        s_init = {k: jnp.full(v.shape, start.get(k, 0.0), v.dtype) for k, v in shapes.items()}
+        (grads, sums), _ = jax.lax.scan(body, (zeros, s_init), mbs)
+
+        gnorm = optax.tree.norm(grads)
+        ok = jnp.isfinite(sums["loss"]) & jnp.isfinite(gnorm)
+        updates, new_opt = optimizer.tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+        lr = optimizer.schedule(state.step)
+        skipped = (~ok).astype(jnp.int32)
+        state = dataclasses.replace(
+            state,
+            step=state.step + (1 - skipped),
+            params=keep(new_params, state.params),
+            opt_state=keep(new_opt, state.opt_state),
+            skipped_in_row=jnp.where(ok, 0, state.skipped_in_row + 1),
+            skipped_total=state.skipped_total + skipped,
+        )
+        return state, dict(sums, grad_norm=gnorm, lr=jnp.asarray(lr, jnp.float32))
+
+    def update(state: TrainState, batch: dict, key: jax.Array):
+        del key  # no stochastic objective yet (deviation 2)
+        t = batch["completion_mask"].shape[1]
+        mask = loss_mask(batch["completion_mask"], batch.get("truncated"), cfg.loss)
+        weights = token_weights(mask, cfg.loss, batch.get("num_items_in_batch"))
+        need_old, need_ref = "old_logp" not in batch, "ref_logp" not in batch
+        if need_old or need_ref:
+            lp, rp, _ = logprobs(state, batch["input_ids"], batch["attention_mask"], t)
+        core = {
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch["attention_mask"],
+            "advantages": batch["advantages"],
+            "mask": mask,
+            "weights": weights,
+            "old_logp": lp if need_old else batch["old_logp"],
+            "ref_logp": rp if need_ref else batch["ref_logp"],
+        }
+        core = jax.tree.map(jax.lax.stop_gradient, core)
+        if cfg.mu == 1:
+            state, s = one_step(state, core, t)
+        else:
+            state, s_all = jax.lax.scan(lambda st, _: one_step(st, core, t), state, None, cfg.mu)
+            red = {"ratio_min": jnp.min, "ratio_max": jnp.max}
+            s = {k: red.get(k, jnp.mean)(v) for k, v in s_all.items()}
+        tok = jnp.maximum(s["tokens"], 1.0)
+        metrics = {
+            "train/loss": s["loss"],
+            "train/policy_loss": s["policy_loss"],
+            "div/mean": s["div_sum"] / tok,
+            "train/entropy": s["entropy_sum"] / tok,
+            "clip/low_frac": s["low_clip"] / tok,
+            "clip/high_frac": s["high_clip"] / tok,
+            "ratio/mean": s["ratio_sum"] / tok,
+            "ratio/min": s["ratio_min"],
+            "ratio/max": s["ratio_max"],
+            "train/grad_norm": s["grad_norm"],
+            "train/lr": s["lr"],
+            "train/tokens": s["tokens"],
+            "train/skipped_steps": state.skipped_total.astype(jnp.float32),
+            "train/skipped_in_row": state.skipped_in_row.astype(jnp.float32),
+        }
+        metrics.update(advantage_metrics(batch["advantages"], cfg.group_size))
+        return state, metrics
+
+    return jax.jit(update, donate_argnums=0) if jit else update
+
+
+def check_skips(metrics: dict, max_in_row: int) -> None:
+    """Host-side: raise if the last ``max_in_row`` optimizer steps were all skipped."""
+    n = int(metrics["train/skipped_in_row"])
+    if n >= max_in_row:
+        raise RuntimeError(
+            f"{n} consecutive optimizer steps skipped (non-finite loss or gradients; "
+            f"{int(metrics['train/skipped_steps'])} in total): stopping. Lower the learning "
+            "rate or the divergence coefficient, check the rewards / advantages for NaN, or "
+            "run the model in float32 (run.max_skipped_in_row sets this limit)"
+        )

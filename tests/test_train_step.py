@@ -1,0 +1,209 @@
+"""The jitted update on a toy LM: accumulation exactness, reference policy, skips, schedules."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gbmpo_jax import divergences as dv
+from gbmpo_jax import lora
+from gbmpo_jax import train_step as ts
+from gbmpo_jax.losses import LossConfig
+from gbmpo_jax.optim import OptimConfig, Optimizer, make_optimizer
+
+V, E, NL, P, T, N = 13, 8, 2, 3, 5, 8  # vocab, width, layers, prompt, completion, rows
+
+
+def toy_params(key):
+    ks = jax.random.split(key, 4)
+    return {
+        "embed": 0.5 * jax.random.normal(ks[0], (V, E)),
+        "layers": {
+            "q": 0.3 * jax.random.normal(ks[1], (NL, E, E)),
+            "down": 0.3 * jax.random.normal(ks[2], (NL, E, E)),
+        },
+        "head": 0.5 * jax.random.normal(ks[3], (E, V)),
+    }
+
+
+def toy_apply(params, input_ids, attention_mask):
+    """A tiny causal LM: each position sees its own token through residual tanh layers."""
+    h = params["embed"][input_ids] * attention_mask[..., None]
+    for i in range(NL):
+        h = h + jnp.tanh(h @ params["layers"]["q"][i]) @ params["layers"]["down"][i]
+    return h @ params["head"]
+
+
+def toy_batch(key, n=N, ragged=True):
+    k1, k2, k3 = jax.random.split(key, 3)
+    ids = jax.random.randint(k1, (n, P + T), 0, V)
+    am = jnp.ones((n, P + T), jnp.int32).at[0, 0].set(0)  # one left-padded prompt
+    lengths = jax.random.randint(k2, (n,), 1, T + 1) if ragged else jnp.full((n,), T)
+    cm = (jnp.arange(T)[None] < lengths[:, None]).astype(jnp.int32)
+    am = am.at[:, P:].set(cm)
+    rewards = jax.random.bernoulli(k3, 0.5, (n,)).astype(jnp.float32)
+    adv = rewards - rewards.reshape(-1, 4).mean(1).repeat(4)
+    return {"input_ids": ids, "attention_mask": am, "completion_mask": cm, "advantages": adv}
+
+
+SGD = Optimizer(optax.sgd(0.5), lambda step: jnp.float32(0.5))
+
+
+def _setup(cfg, div_name="kl", coef=0.1, optimizer=SGD, seed=0):
+    div = dv.get(div_name)
+    params = toy_params(jax.random.PRNGKey(seed))
+    state = ts.init_state(
+        params, optimizer, div.init_params(None), coef, cfg, key=jax.random.PRNGKey(9)
+    )
+    return params, div, state
+
+
+def _copy(state):
+    return jax.tree.map(jnp.copy, state)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "bnpo", "dapo"])
+def test_micro_batches_equal_full_batch(loss_type):
+    loss = LossConfig(loss_type=loss_type, max_completion_length=T)
+    cfg1 = ts.StepConfig(loss=loss, temperature=0.7)
+    cfg4 = dataclasses.replace(cfg1, micro_batches=4)
+    _, div, state = _setup(cfg1)
+    batch = toy_batch(jax.random.PRNGKey(1))
+    batch["num_items_in_batch"] = jnp.sum(batch["completion_mask"]).astype(jnp.float32) + 3.0
+    # old policy differs from the current one so the ratios and the clip matter
+    old = ts.make_compute_logprobs(toy_apply, cfg1)(
+        state, batch["input_ids"], batch["attention_mask"], T
+    )
+    batch["old_logp"] = old[0] + 0.15 * jax.random.normal(jax.random.PRNGKey(2), (N, T))
+    s1, m1 = ts.make_update(toy_apply, div, SGD, cfg1)(_copy(state), batch, jax.random.PRNGKey(0))
+    s4, m4 = ts.make_update(toy_apply, div, SGD, cfg4)(_copy(state), batch, jax.random.PRNGKey(0))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), s1.params, s4.params)
+    for k in ("train/loss", "div/mean", "ratio/min", "ratio/max", "train/tokens"):
+        np.testing.assert_allclose(m1[k], m4[k], rtol=1e-5, atol=1e-7)
+    assert float(m1["train/grad_norm"]) > 0
+    assert not np.allclose(s1.params["head"], state.params["head"])
+
+
+def test_reference_stays_initial_policy_full_finetune():
+    cfg = ts.StepConfig(loss=LossConfig(max_completion_length=T), mu=2)
+    params0, div, state = _setup(cfg, coef=0.5)
+    params0 = jax.tree.map(np.array, params0)  # the state (and its buffers) is donated
+    update = ts.make_update(toy_apply, div, SGD, cfg)
+    logprobs = ts.make_compute_logprobs(toy_apply, cfg)
+    batch = toy_batch(jax.random.PRNGKey(3))
+    for i in range(3):
+        state, metrics = update(state, batch, jax.random.PRNGKey(i))
+    pol, ref, ent = logprobs(state, batch["input_ids"], batch["attention_mask"], T)
+    want_ref, _ = ts._completion_logprobs(
+        toy_apply, params0, batch["input_ids"], batch["attention_mask"], T, 1.0
+    )
+    np.testing.assert_allclose(ref, want_ref, rtol=1e-6, atol=1e-6)
+    assert float(jnp.max(jnp.abs(pol - ref))) > 1e-3  # the policy moved
+    assert float(metrics["div/mean"]) > 0  # so the regulariser is active
+    assert int(state.step) == 6 and np.all(np.asarray(ent) > 0)
+
+
+def test_reference_is_base_with_lora():
+    lcfg = lora.LoraConfig(rank=2, alpha=4.0, targets=("q_proj", "down_proj"))
+    cfg = ts.StepConfig(loss=LossConfig(max_completion_length=T), lora=lcfg)
+    params0, div, state = _setup(cfg, coef=0.5)
+    params0 = jax.tree.map(np.array, params0)  # the state (and its buffers) is donated
+    assert {x.shape for x in jax.tree.leaves(state.params)} == {(NL, E, 2), (NL, 2, E)}
+    logprobs = ts.make_compute_logprobs(toy_apply, cfg)
+    batch = toy_batch(jax.random.PRNGKey(4))
+    pol0, ref0, _ = logprobs(state, batch["input_ids"], batch["attention_mask"], T)
+    np.testing.assert_allclose(pol0, ref0, atol=1e-6)  # B = 0: the initial policy is the base
+    update = ts.make_update(toy_apply, div, SGD, cfg)
+    for i in range(3):
+        state, metrics = update(state, batch, jax.random.PRNGKey(i))
+    pol, ref, _ = logprobs(state, batch["input_ids"], batch["attention_mask"], T)
+    np.testing.assert_allclose(ref, ref0, rtol=1e-6, atol=1e-6)
+    jax.tree.map(np.testing.assert_array_equal, state.frozen, params0)
+    assert float(jnp.max(jnp.abs(pol - ref))) > 1e-3
+    assert float(metrics["div/mean"]) > 0
+
+
+def test_non_finite_step_is_skipped_and_counted():
+    cfg = ts.StepConfig(loss=LossConfig(max_completion_length=T))
+    opt = make_optimizer(OptimConfig(learning_rate=1e-2, schedule="constant", warmup_ratio=0.0))
+    _, div, state = _setup(cfg, optimizer=opt)
+    update = ts.make_update(toy_apply, div, opt, cfg)
+    good = toy_batch(jax.random.PRNGKey(5))
+    bad = dict(good, advantages=good["advantages"].at[2].set(jnp.nan))
+    state, m = update(state, good, jax.random.PRNGKey(0))
+    before = _copy(state)
+    for i in range(2):
+        state, m = update(state, bad, jax.random.PRNGKey(0))
+        assert int(state.skipped_in_row) == i + 1
+    jax.tree.map(np.testing.assert_array_equal, state.params, before.params)
+    jax.tree.map(np.testing.assert_array_equal, state.opt_state, before.opt_state)
+    assert int(state.step) == 1 and float(m["train/skipped_steps"]) == 2
+    ts.check_skips(m, max_in_row=3)
+    with pytest.raises(RuntimeError, match="2 consecutive optimizer steps skipped"):
+        ts.check_skips(m, max_in_row=2)
+    state, m = update(state, good, jax.random.PRNGKey(0))
+    assert int(state.skipped_in_row) == 0 and float(m["train/skipped_steps"]) == 2
+
+
+def test_metrics_and_no_retrace_over_divergence_params():
+    cfg = ts.StepConfig(loss=LossConfig(max_completion_length=T, importance_sampling="sequence"))
+    _, div, state = _setup(cfg, div_name="neural_mirror")
+    traces = []
+
+    def apply_counting(p, i, m):
+        traces.append(1)
+        return toy_apply(p, i, m)
+
+    update = ts.make_update(apply_counting, div, SGD, cfg)
+    batch = toy_batch(jax.random.PRNGKey(6))
+    state, m = update(state, batch, jax.random.PRNGKey(0))
+    n_traces = len(traces)
+    state = dataclasses.replace(
+        state,
+        div_params=jax.tree.map(lambda x: 2 * x, state.div_params),
+        div_coef=jnp.float32(3.0),
+    )
+    state, m = update(state, batch, jax.random.PRNGKey(1))
+    assert len(traces) == n_traces  # new mirror params / coefficient: no retrace
+    want = {
+        "train/loss", "train/policy_loss", "div/mean", "train/entropy", "clip/low_frac",
+        "clip/high_frac", "ratio/mean", "ratio/min", "ratio/max", "adv/mean", "adv/std",
+        "adv/zero_std_frac", "train/grad_norm", "train/lr", "train/tokens",
+        "train/skipped_steps",
+    }  # fmt: skip
+    assert want <= set(m)
+    assert all(np.ndim(v) == 0 and np.isfinite(float(v)) for v in m.values())
+    assert float(m["train/tokens"]) == float(jnp.sum(batch["completion_mask"]))
+
+
+def test_schedules():
+    c = OptimConfig(learning_rate=1.0, schedule="cosine", total_steps=100, warmup_ratio=0.1)
+    s = make_optimizer(c).schedule
+    assert float(s(0)) == 0 and float(s(5)) == pytest.approx(0.5)
+    assert float(s(10)) == pytest.approx(1.0) and float(s(55)) == pytest.approx(0.5)
+    assert float(s(100)) == pytest.approx(0.0, abs=1e-7)
+    s = make_optimizer(dataclasses.replace(c, schedule="linear")).schedule
+    assert float(s(55)) == pytest.approx(0.5)
+    s = make_optimizer(dataclasses.replace(c, schedule="constant", warmup_ratio=0.0)).schedule
+    assert float(s(0)) == pytest.approx(1.0) and float(s(99)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="schedule"):
+        OptimConfig(schedule="step")
+
+
+def test_pure_update_vmaps_over_a_population():
+    cfg = ts.StepConfig(loss=LossConfig(max_completion_length=T))
+    _, div, state = _setup(cfg, div_name="prob_l2", coef=0.0)
+    # a reference away from the policy, so the divergence has a gradient at the first step
+    state = dataclasses.replace(state, frozen=toy_params(jax.random.PRNGKey(1)))
+    pop = jax.tree.map(lambda x: jnp.stack([x, x]), state)
+    pop = dataclasses.replace(pop, div_coef=jnp.array([0.0, 50.0]))
+    update = jax.jit(jax.vmap(ts.make_update(toy_apply, div, SGD, cfg, jit=False), (0, None, None)))
+    batch = toy_batch(jax.random.PRNGKey(7))
+    pop, m = update(pop, batch, jax.random.PRNGKey(0))
+    assert m["train/loss"].shape == (2,)
+    single, _ = ts.make_update(toy_apply, div, SGD, cfg)(state, batch, jax.random.PRNGKey(0))
+    np.testing.assert_allclose(pop.params["head"][0], single.params["head"], atol=1e-6)
+    assert not np.allclose(pop.params["head"][1], single.params["head"], atol=1e-4)
