@@ -199,8 +199,9 @@ def test_neural_mirror_fp32_accuracy(which):
                 ed, eg = _exact(a, b, params)
                 worst_d = max(worst_d, abs(float(f(a, b, params)) - ed) / abs(ed))
                 worst_g = max(worst_g, abs(float(g(a, b, params)) - eg) / abs(eg))
-    assert worst_d <= 1e-3 if which != "crossing" else worst_d <= 1e-4
-    assert worst_g <= 5e-3  # measured <= 1.6e-3 (at p = 1e-6 against p_r ~ 1)
+    # required: 1e-3; measured on CPU: values <= 3.2e-6, gradients <= 4.4e-5 (crossing)
+    assert worst_d <= 1e-4
+    assert worst_g <= 1e-4 if which != "crossing" else worst_g <= 1e-3
 
 
 def test_neural_mirror_bf16_logp_gradient_nonzero():

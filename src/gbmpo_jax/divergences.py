@@ -111,12 +111,12 @@ def _compute_dtype(x):
 
 
 def _probs(logp, ref_logp, floor=PROB_FLOOR):
-    """(y, y0, delta = y - y0, r = delta / y0), float32 (float64 for float64 inputs)."""
+    """(y, y0, delta = y - y0, x = log(y / y0)), float32 (float64 for float64 inputs)."""
     lf = math.log(floor)
     dt = _compute_dtype(logp)
     lp = jnp.maximum(jnp.asarray(logp).astype(dt), lf)
     lr = jnp.maximum(jnp.asarray(ref_logp).astype(dt), lf)
-    return jnp.exp(lp), jnp.exp(lr), _prob_diff(lp, lr), jnp.expm1(lp - lr)
+    return jnp.exp(lp), jnp.exp(lr), _prob_diff(lp, lr), lp - lr
 
 
 def _prob_diff(lp, lr):
@@ -306,10 +306,12 @@ def mirror_divergence(logp: jax.Array, ref_logp: jax.Array, params: dict) -> jax
       cbrt: v w delta^2 (3a^2 + 2ab + b^2) / (4 (a^2 + ab + b^2)^2),  a = u^(1/3), b = u0^(1/3)
       log:  v w delta^2 psi(d / U0) / U0,                     U0 = u0 + 1e-3
       exp:  v w delta^2 e^u0 E(d)
-    plus (a/2) delta^2 + c delta r psi(r), r = delta / y0; psi, E as in the helpers above.
+    plus (a/2) delta^2 + c y0 [(1+r) log1p(r) - r], r = delta / y0 = e^x - 1, x = log(y/y0),
+    evaluated as c delta r psi(r) for |x| < 1/2 and as c (y x - delta) otherwise (there r can
+    be ~ -1, and jax's derivative of expm1, e^x = expm1(x) + 1, would cancel).
     Units whose argument is clamped (sqrt, cbrt, log) handle u <= 0 via `_clamped_unit`.
     """
-    _, y0, delta, r = _probs(logp, ref_logp)
+    y, y0, delta, x = _probs(logp, ref_logp)
     f32 = lambda x: jnp.asarray(x, delta.dtype)  # noqa: E731  (float32 unless x64 inputs)
     v, w, b = (f32(params[k]).reshape(6, BLOCK) for k in ("v", "w", "b"))
     y0e, de = y0[..., None], delta[..., None]  # [..., 1] against [21]
@@ -338,7 +340,10 @@ def mirror_divergence(logp: jax.Array, ref_logp: jax.Array, params: dict) -> jax
     vi, wi, u0, u, d = parts(5)
     total += jnp.sum(vi * wi * de**2 * jnp.exp(u0) * expm1mx_over_x2(d), axis=-1)
     total += 0.5 * f32(params["a"]) * delta**2
-    total += f32(params["c"]) * delta * r * xlog1px_over_x2(r)
+    near = jnp.abs(x) < 0.5
+    r = jnp.expm1(jnp.where(near, x, 0.0))
+    entropic = jnp.where(near, delta * r * xlog1px_over_x2(r), y * x - delta)
+    total += f32(params["c"]) * entropic
     return total
 
 
