@@ -1,1 +1,32 @@
-"""Verifiable rewards: math answer matching and sandboxed code execution."""
+"""Verifiable rewards: math answer matching and sandboxed code execution.
+
+``math``: ``extract_answer``, ``gsm8k_reward``. ``code``: ``extract_code``, ``build_program``,
+``code_rewards`` (binary or partial credit over a sandbox pool). ``sandbox``: ``run_tests``,
+``run_many``, ``CodeResult``, ``Limits`` (bubblewrap isolation; ``_runner.py`` is the harness
+that runs inside it).
+"""
+
+from gbmpo_jax.rewards.code import build_program, code_rewards, extract_code
+from gbmpo_jax.rewards.math import extract_answer, gsm8k_reward
+from gbmpo_jax.rewards.sandbox import (
+    CodeJob,
+    CodeResult,
+    Limits,
+    SandboxUnavailableError,
+    run_many,
+    run_tests,
+)
+
+__all__ = [
+    "CodeJob",
+    "CodeResult",
+    "Limits",
+    "SandboxUnavailableError",
+    "build_program",
+    "code_rewards",
+    "extract_answer",
+    "extract_code",
+    "gsm8k_reward",
+    "run_many",
+    "run_tests",
+]
