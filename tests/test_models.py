@@ -85,6 +85,9 @@ def _torch_logits(model, ids, mask):
     return out.logits.float().numpy()
 
 
+_APPLY = jax.jit(models.apply, static_argnums=1)  # shared so that tests reuse compilations
+
+
 def _max_diff(a, b, mask):
     return float(np.max(np.abs(np.asarray(a) - np.asarray(b)) * mask[..., None]))
 
@@ -154,8 +157,7 @@ def test_bfloat16_params_and_compute(tmp_path, hf_case):
     jax.tree.map(np.testing.assert_array_equal, again.params, model.params)
 
 
-@pytest.mark.parametrize("chunk", [1, 3])
-def test_kv_cache_prefill_then_decode_matches_full_forward(hf_case, chunk):
+def test_kv_cache_prefill_then_decode_matches_full_forward(hf_case):
     name, _, path = hf_case
     model = models.load_pretrained(path)
     cfg, params = model.config, model.params
@@ -165,22 +167,22 @@ def test_kv_cache_prefill_then_decode_matches_full_forward(hf_case, chunk):
     full_ids = np.concatenate([ids, new], 1)
     full_mask = np.concatenate([prompt_mask, np.ones((3, N), np.int64)], 1)
     full = models.forward(model, full_ids, full_mask)
-
-    step = jax.jit(models.apply, static_argnums=1)
     pos = np.asarray(models.positions_from_mask(full_mask))
-    cache = models.init_cache(cfg, 3, P + N)
-    slots = np.zeros((3, P + N), np.int32)
-    slots[:, :P] = prompt_mask
-    logits, cache = step(params, cfg, ids, pos[:, :P], slots, cache, 0)
-    got = [logits]
-    for t in range(P, P + N, chunk):
-        slots[:, t : t + chunk] = 1
-        sl = slice(t, t + chunk)
-        logits, cache = step(params, cfg, full_ids[:, sl], pos[:, sl], slots, cache, t)
-        got.append(logits)
-    got = jnp.concatenate(got, 1)
-    assert cache["k"].shape == (cfg.num_layers, 3, P + N, cfg.num_kv_heads, cfg.head_dim)
-    assert _max_diff(got, full, full_mask) <= 1e-5
+    # one-token decode everywhere; multi-token cache writes once (architecture-independent)
+    for chunk in (1, 3) if name == "qwen3_qknorm" else (1,):
+        cache = models.init_cache(cfg, 3, P + N)
+        slots = np.zeros((3, P + N), np.int32)
+        slots[:, :P] = prompt_mask
+        logits, cache = _APPLY(params, cfg, ids, pos[:, :P], slots, cache, 0)
+        got = [logits]
+        for t in range(P, P + N, chunk):
+            slots[:, t : t + chunk] = 1
+            sl = slice(t, t + chunk)
+            logits, cache = _APPLY(params, cfg, full_ids[:, sl], pos[:, sl], slots, cache, t)
+            got.append(logits)
+        got = jnp.concatenate(got, 1)
+        assert cache["k"].shape == (cfg.num_layers, 3, P + N, cfg.num_kv_heads, cfg.head_dim)
+        assert _max_diff(got, full, full_mask) <= 1e-5, (name, chunk)
 
 
 def test_remat_and_grads():

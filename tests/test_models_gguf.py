@@ -1,5 +1,7 @@
 """GGUF reading on a tiny float32 llama GGUF written here with llama.cpp's q/k permutation."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -104,3 +106,14 @@ def test_gguf_bad_inputs(tmp_path):
     path = _write_gguf(tmp_path / "other.gguf", model, arch="gpt2")
     with pytest.raises(ValueError, match=r"GGUF architecture 'gpt2' unsupported.*llama"):
         models.load_pretrained(path)
+
+
+def test_load_config_without_weights(tmp_path):
+    model = models.init_model(CFG, jax.random.key(0))
+    assert models.load_config(_write_gguf(tmp_path / "tiny.gguf", model)) == CFG
+    out = models.save_pretrained(model, tmp_path / "hf")
+    assert models.load_config(out, compute_dtype="bfloat16") == dataclasses.replace(
+        CFG, compute_dtype="bfloat16"
+    )
+    with pytest.raises(FileNotFoundError):
+        models.load_config(tmp_path / "nope")

@@ -1,8 +1,8 @@
 """Model layer: decoder-only transformers (Llama, Qwen2, Qwen3) as pure JAX functions.
 
 Public API (contract in docs/DESIGN.md, "Model layer"):
-  ModelConfig, SUPPORTED_MODEL_TYPES, Model, init_model, load_pretrained, save_pretrained,
-  forward, apply, init_cache, positions_from_mask, logical_axes, load_tokenizer,
+  ModelConfig, SUPPORTED_MODEL_TYPES, Model, init_model, load_config, load_pretrained,
+  save_pretrained, forward, apply, init_cache, positions_from_mask, logical_axes, load_tokenizer,
   smollm2_gguf_path. The GGUF -> HF converter is `gbmpo_jax.models.convert.convert`
   (CLI: ``python -m gbmpo_jax.models.convert --gguf PATH --out DIR``).
 """
@@ -12,6 +12,7 @@ from gbmpo_jax.models.model import (
     Model,
     forward,
     init_model,
+    load_config,
     load_pretrained,
     save_pretrained,
     smollm2_gguf_path,
@@ -34,6 +35,7 @@ __all__ = [
     "init_cache",
     "init_model",
     "init_params",
+    "load_config",
     "load_pretrained",
     "load_tokenizer",
     "logical_axes",

@@ -49,8 +49,7 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     )
 
 
-def read_gguf(path: str | pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """(HF config.json dict, {HF name: float32 array}) from a llama-architecture GGUF file."""
+def _open(path):
     import gguf  # lazy: only GGUF users need it
 
     path = pathlib.Path(path)
@@ -62,15 +61,67 @@ def read_gguf(path: str | pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:
         raise ValueError(
             f"GGUF architecture {arch!r} unsupported; supported: {list(SUPPORTED_GGUF_ARCHS)}"
         )
-    n_head = int(_field(reader, f"{arch}.attention.head_count"))
-    n_kv = int(_field(reader, f"{arch}.attention.head_count_kv", n_head))
-    hidden = int(_field(reader, f"{arch}.embedding_length"))
-    names = {t.name for t in reader.tensors}
-    if "rope_freqs.weight" in names:
+    if any(t.name == "rope_freqs.weight" for t in reader.tensors):
         raise ValueError(
             f"{path.name} stores rope scaling as a rope_freqs tensor (Llama 3.1 style), which the "
             f"GGUF reader does not support: convert the model from its HF directory instead"
         )
+    return reader, arch
+
+
+def _config(reader, arch: str) -> dict:
+    """HF config.json dict from the GGUF metadata (no tensor data is touched)."""
+    n_head = int(_field(reader, f"{arch}.attention.head_count"))
+    hidden = int(_field(reader, f"{arch}.embedding_length"))
+    shapes = {t.name: tuple(int(s) for s in reversed(t.shape)) for t in reader.tensors}
+    if "token_embd.weight" not in shapes:
+        raise ValueError("GGUF file lacks tensor 'token_embd.weight'")
+
+    def token_id(key):
+        field = reader.fields.get(f"tokenizer.ggml.{key}")
+        return None if field is None else int(field.contents())
+
+    config = {
+        "model_type": "llama",
+        "vocab_size": shapes["token_embd.weight"][0],
+        "hidden_size": hidden,
+        "intermediate_size": int(_field(reader, f"{arch}.feed_forward_length")),
+        "num_hidden_layers": int(_field(reader, f"{arch}.block_count")),
+        "num_attention_heads": n_head,
+        "num_key_value_heads": int(_field(reader, f"{arch}.attention.head_count_kv", n_head)),
+        "head_dim": int(_field(reader, f"{arch}.attention.key_length", hidden // n_head)),
+        "rms_norm_eps": float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon")),
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
+        },
+        "max_position_embeddings": int(_field(reader, f"{arch}.context_length", 4096)),
+        "tie_word_embeddings": "output.weight" not in shapes,
+        "bos_token_id": token_id("bos_token_id"),
+        "eos_token_id": token_id("eos_token_id"),
+        "pad_token_id": token_id("padding_token_id"),
+    }
+    scaling = reader.fields.get(f"{arch}.rope.scaling.type")
+    if scaling is not None and scaling.contents() not in ("none", "linear"):
+        raise ValueError(f"GGUF rope scaling {scaling.contents()!r} unsupported (none/linear)")
+    if scaling is not None and scaling.contents() == "linear":
+        factor = float(_field(reader, f"{arch}.rope.scaling.factor"))
+        config["rope_parameters"].update(rope_type="linear", factor=factor)
+    return config
+
+
+def read_gguf_config(path: str | pathlib.Path) -> dict:
+    """HF config.json dict of a GGUF file, without dequantising anything."""
+    return _config(*_open(path))
+
+
+def read_gguf(path: str | pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(HF config.json dict, {HF name: float32 array}) from a llama-architecture GGUF file."""
+    import gguf
+
+    reader, arch = _open(path)
+    config = _config(reader, arch)
+    n_head, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
     tensors: dict[str, np.ndarray] = {}
     for t in reader.tensors:
         w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
@@ -93,35 +144,4 @@ def read_gguf(path: str | pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:
             tensors["lm_head.weight"] = w
         else:
             raise ValueError(f"GGUF tensor {t.name!r} is not a supported llama tensor")
-
-    def token_id(key):
-        field = reader.fields.get(f"tokenizer.ggml.{key}")
-        return None if field is None else int(field.contents())
-
-    config = {
-        "model_type": "llama",
-        "vocab_size": int(tensors["model.embed_tokens.weight"].shape[0]),
-        "hidden_size": hidden,
-        "intermediate_size": int(_field(reader, f"{arch}.feed_forward_length")),
-        "num_hidden_layers": int(_field(reader, f"{arch}.block_count")),
-        "num_attention_heads": n_head,
-        "num_key_value_heads": n_kv,
-        "head_dim": int(_field(reader, f"{arch}.attention.key_length", hidden // n_head)),
-        "rms_norm_eps": float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon")),
-        "rope_parameters": {
-            "rope_type": "default",
-            "rope_theta": float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
-        },
-        "max_position_embeddings": int(_field(reader, f"{arch}.context_length", 4096)),
-        "tie_word_embeddings": "lm_head.weight" not in tensors,
-        "bos_token_id": token_id("bos_token_id"),
-        "eos_token_id": token_id("eos_token_id"),
-        "pad_token_id": token_id("padding_token_id"),
-    }
-    scaling = reader.fields.get(f"{arch}.rope.scaling.type")
-    if scaling is not None and scaling.contents() not in ("none", "linear"):
-        raise ValueError(f"GGUF rope scaling {scaling.contents()!r} unsupported (none/linear)")
-    if scaling is not None and scaling.contents() == "linear":
-        factor = float(_field(reader, f"{arch}.rope.scaling.factor"))
-        config["rope_parameters"].update(rope_type="linear", factor=factor)
     return config, tensors

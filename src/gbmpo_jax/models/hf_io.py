@@ -180,15 +180,19 @@ def read_hf_tensors(path: pathlib.Path) -> dict[str, np.ndarray]:
     return tensors
 
 
-def load_hf_dir(path, dtype="float32", compute_dtype=None, remat=False):
-    """(ModelConfig, numpy params) from a HF directory."""
-    path = pathlib.Path(path)
-    cfg_file = path / "config.json"
+def load_hf_config(path, compute_dtype="float32", remat=False) -> ModelConfig:
+    """ModelConfig from ``path/config.json``."""
+    cfg_file = pathlib.Path(path) / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{cfg_file} not found: expected a Hugging Face model directory")
+    return from_hf_dict(json.loads(cfg_file.read_text()), compute_dtype, remat)
+
+
+def load_hf_dir(path, dtype="float32", compute_dtype=None, remat=False):
+    """(ModelConfig, numpy params) from a HF directory."""
     dtype = canonical_dtype(dtype)
-    config = from_hf_dict(json.loads(cfg_file.read_text()), compute_dtype or dtype, remat)
-    return config, params_from_hf(config, read_hf_tensors(path), dtype)
+    config = load_hf_config(path, compute_dtype or dtype, remat)
+    return config, params_from_hf(config, read_hf_tensors(pathlib.Path(path)), dtype)
 
 
 def _shards(items, max_bytes):

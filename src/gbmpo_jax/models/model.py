@@ -74,6 +74,18 @@ def load_pretrained(
     return Model(config, jax.tree.map(lambda a: jnp.asarray(a, DTYPES[dtype]), params))
 
 
+def load_config(path, compute_dtype: str = "float32", remat: bool = False) -> ModelConfig:
+    """The ModelConfig of a HF directory or ``.gguf`` file, without reading any weights."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model path {path} not found (a HF directory or a .gguf file)")
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ValueError(f"model path {path} is a file but not a .gguf: pass a HF directory")
+        return from_hf_dict(gguf_io.read_gguf_config(path), compute_dtype, remat)
+    return hf_io.load_hf_config(path, compute_dtype, remat)
+
+
 def save_pretrained(
     model: Model, path, tokenizer=None, max_shard_bytes: int = hf_io.DEFAULT_SHARD_BYTES
 ) -> pathlib.Path:

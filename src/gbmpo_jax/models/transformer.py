@@ -27,6 +27,7 @@ Deliberate deviations from the HF reference:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -99,24 +100,33 @@ def logical_axes(config: ModelConfig) -> dict:
     return out
 
 
+@functools.partial(jax.jit, static_argnums=(0, 2))
 def init_params(config: ModelConfig, key: jax.Array, dtype: str = "float32") -> dict:
-    """Random parameters: N(0, 0.02) matrices, unit norms, zero biases (HF's initialiser)."""
-    shapes = param_shapes(config)
-    leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda s: isinstance(s, tuple))
-    paths = [
-        jax.tree_util.keystr(p)
-        for p, _ in jax.tree.flatten_with_path(shapes, is_leaf=lambda s: isinstance(s, tuple))[0]
-    ]
-    keys = jax.random.split(key, len(leaves))
+    """Random parameters: N(0, 0.02) matrices, unit norms, zero biases (HF's initialiser).
+
+    Jitted as a whole; all matrices are slices of one normal draw (XLA CPU compiles one
+    threefry call in under a second, but several seconds for one call per leaf shape).
+    """
+    is_shape = lambda s: isinstance(s, tuple)
+    flat, treedef = jax.tree.flatten_with_path(param_shapes(config), is_leaf=is_shape)
     dt = DTYPES[dtype]
-    out = []
-    for path, shape, k in zip(paths, leaves, keys, strict=True):
-        if "norm" in path:
+    kinds = [
+        "norm" if "norm" in jax.tree_util.keystr(p) else
+        "bias" if "bias" in jax.tree_util.keystr(p) else "w"
+        for p, _ in flat
+    ]  # fmt: skip
+    total = sum(math.prod(shape) for (_, shape), k in zip(flat, kinds, strict=True) if k == "w")
+    normal = 0.02 * jax.random.normal(key, (total,), jnp.float32)
+    out, offset = [], 0
+    for (_, shape), kind in zip(flat, kinds, strict=True):
+        if kind == "norm":
             out.append(jnp.ones(shape, dt))
-        elif "bias" in path:
+        elif kind == "bias":
             out.append(jnp.zeros(shape, dt))
         else:
-            out.append((0.02 * jax.random.normal(k, shape, jnp.float32)).astype(dt))
+            size = math.prod(shape)
+            out.append(normal[offset : offset + size].reshape(shape).astype(dt))
+            offset += size
     return jax.tree.unflatten(treedef, out)
 
 
