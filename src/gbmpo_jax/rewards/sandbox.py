@@ -32,6 +32,7 @@ import json
 import os
 import pathlib
 import secrets
+import select
 import selectors
 import shutil
 import signal
@@ -249,17 +250,24 @@ def _execute(argv, job, n_tests, timeout_s):
     """
     result_r, result_w = os.pipe()
     job["result_fd"] = result_w
+    fds = [result_w]
+    info_r = None
+    if job["pid_namespace"]:  # bwrap reports the pid of the namespace's init on --info-fd
+        info_r, info_w = os.pipe()
+        argv = [argv[0], "--info-fd", str(info_w), *argv[1:]]
+        fds.append(info_w)
     env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/tmp"}
     proc = subprocess.Popen(
         argv,
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        pass_fds=(result_w,),
+        pass_fds=tuple(fds),
         env=env,
         process_group=0,
     )
-    os.close(result_w)
+    for fd in fds:
+        os.close(fd)
     payload = json.dumps(job).encode()
 
     def feed():
@@ -272,11 +280,14 @@ def _execute(argv, job, n_tests, timeout_s):
     threading.Thread(target=feed, daemon=True).start()
     final = time.monotonic() + n_tests * timeout_s + _HOST_GRACE_S
     deadline = min(final, time.monotonic() + timeout_s + _HOST_GRACE_S)
-    buf, err = bytearray(), bytearray()
+    buf, err, info = bytearray(), bytearray(), bytearray()
+    init_pidfd = None
     timed_out = False
     with selectors.DefaultSelector() as sel:
         sel.register(result_r, selectors.EVENT_READ, "result")
         sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+        if info_r is not None:
+            sel.register(info_r, selectors.EVENT_READ, "info")
         while sel.get_map():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -290,10 +301,21 @@ def _execute(argv, job, n_tests, timeout_s):
                     buf += chunk[: max(0, (1 << 20) - len(buf))]
                     if b"\n" in chunk:  # progress: re-arm the watchdog
                         deadline = min(final, time.monotonic() + timeout_s + _HOST_GRACE_S)
+                elif key.data == "info":
+                    info += chunk[:4096]
+                    if init_pidfd is None:
+                        init_pidfd = _open_init_pidfd(info)
                 else:
                     err += chunk[: max(0, 8192 - len(err))]
     _kill_group(proc)
-    os.close(result_r)
+    if init_pidfd is not None:
+        # bwrap may exit before the kernel has finished killing the namespace; pid 1 of the
+        # namespace is reaped only after every other process in it, so wait for it.
+        select.select([init_pidfd], [], [], 5.0)
+        os.close(init_pidfd)
+    for fd in (result_r, info_r):
+        if fd is not None:
+            os.close(fd)
     proc.stderr.close()
     events = []
     for line in bytes(buf).splitlines():
@@ -302,6 +324,17 @@ def _execute(argv, job, n_tests, timeout_s):
         except json.JSONDecodeError:
             break
     return events, err.decode("utf-8", "replace"), timed_out
+
+
+def _open_init_pidfd(info: bytes) -> int | None:
+    try:
+        pid = int(json.loads(bytes(info))["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        return None  # incomplete JSON so far
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None  # already gone
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
