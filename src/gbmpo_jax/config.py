@@ -33,7 +33,7 @@ class ModelCfg:
 class TaskCfg:
     name: str = "gsm8k"  # a key of data.TASKS
     source: str = ""  # hub id or local .jsonl/.parquet; "" = the task's default
-    train_split: str = "train"
+    train_split: str = "inner_train"  # disjoint from eval_split (see data.py splits)
     eval_split: str = "validation"
     eval_size: int = 64  # held-out examples scored at each evaluation (fixed subset)
     max_prompt_len: int = 512  # prompts are left-truncated past this many tokens
@@ -110,6 +110,21 @@ class WarmupCfg:
 
 
 @dataclass(frozen=True)
+class MeshCfg:
+    """Device mesh (see mesh.py). -1 on one axis = all remaining devices."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    pop: int = 1  # ES population axis (meta.py); 1 for plain training
+    # multi-host: "" = single process, "auto" = jax.distributed.initialize() from the
+    # environment (TPU VMs, Slurm), or "HOST:PORT" with num_processes / process_id below
+    coordinator: str = ""
+    num_processes: int = 1
+    process_id: int = 0
+
+
+@dataclass(frozen=True)
 class RunCfg:
     steps: int = 1000
     seed: int = 0
@@ -133,6 +148,7 @@ class Config:
     optim: OptimCfg = field(default_factory=OptimCfg)
     lora: LoraCfg = field(default_factory=LoraCfg)
     warmup: WarmupCfg = field(default_factory=WarmupCfg)
+    mesh: MeshCfg = field(default_factory=MeshCfg)
     run: RunCfg = field(default_factory=RunCfg)
 
 
@@ -309,6 +325,14 @@ def validate(cfg: Config) -> Config:
     if lo.rank:
         _check(lo.alpha > 0, "lora.alpha", "must be > 0 when lora.rank > 0")
         _check(bool(lo.targets), "lora.targets", "name at least one projection")
+    for axis in ("data", "fsdp", "tensor", "pop"):
+        n = getattr(cfg.mesh, axis)
+        _check(n == -1 or n >= 1, f"mesh.{axis}", "must be >= 1, or -1 for the remaining devices")
+    _check(
+        [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, cfg.mesh.pop].count(-1) <= 1,
+        "mesh",
+        "at most one axis may be -1",
+    )
     _check(run.steps >= 0, "run.steps", "must be >= 0")
     _check(run.log_every >= 1, "run.log_every", "must be >= 1")
     _check(run.eval_every >= 0, "run.eval_every", "must be >= 0")

@@ -1,0 +1,206 @@
+"""Host-side glue between text and the jitted core: prompts in, scored episodes out.
+
+* `TrainData`: a task's training examples in a seeded order that is a pure function of
+  (run.seed, step) — resuming needs no iterator state — plus a fixed held-out eval subset
+  and the reward call (math check, or sandboxed code on a worker pool).
+* `encode_prompts`: chat template -> token ids, left-truncated to `max_prompt_len`,
+  left-padded to a bucketed length (few distinct shapes, few recompiles).
+* `rollout`: prompts -> `sampling.generate` -> decoded texts and the training batch of
+  DESIGN.md (input_ids / attention_mask [N,P+T], completion_mask [N,T], truncated [N]).
+* `evaluate`: greedy held-out accuracy through `gbmpo_jax.evaluate.evaluate`.
+* `sft_batch`: gold completions in the same layout, for the supervised warm-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from gbmpo_jax import data, sampling
+from gbmpo_jax import evaluate as evaluate_lib
+
+
+def _repeat(examples, g):
+    return [e for e in examples for _ in range(g)]
+
+
+class TrainData:
+    """Training examples in seeded epochs, the eval subset, and rewards for one run."""
+
+    def __init__(self, task: data.Task, train, eval_examples, *, seed: int, reward_kwargs):
+        if not train:
+            raise ValueError(f"task {task.name!r}: the training split is empty")
+        self.task, self.train, self.eval_examples = task, list(train), list(eval_examples)
+        self.seed, self.reward_kwargs = seed, dict(reward_kwargs)
+        self._perms: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def from_config(cls, cfg, tokenizer=None) -> TrainData:
+        t = cfg.task
+        task = data.get_task(t.name)
+        options = dict(t.options)
+        train = task.load(t.train_split, t.source, options)
+        held = task.load(t.eval_split, t.source, options) if t.eval_split else []
+        if held:
+            rng = np.random.default_rng(cfg.run.seed + 7919)
+            idx = np.sort(rng.permutation(len(held))[: t.eval_size])
+            held = [held[i] for i in idx]
+            overlap = {e.id for e in held} & {e.id for e in train}
+            if overlap:
+                raise ValueError(
+                    f"task.eval_split={t.eval_split!r} shares {len(overlap)} examples with "
+                    f"task.train_split={t.train_split!r}: use disjoint splits (e.g. "
+                    "inner_train / validation)"
+                )
+        kw = {}
+        if task.kind == "code":
+            kw = {"partial": t.reward == "partial", "timeout_s": t.code_timeout_s,
+                  "sandbox": t.sandbox}  # fmt: skip
+        return cls(task, train, held, seed=cfg.run.seed, reward_kwargs=kw)
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._perms = {epoch: rng.permutation(len(self.train))}  # keep one epoch cached
+        return self._perms[epoch]
+
+    def indices(self, step: int, n: int) -> list[int]:
+        """Example indices of `step` (1-based): global position (step-1)*n + i, epoch-wise."""
+        out = []
+        for g in range((step - 1) * n, step * n):
+            epoch, pos = divmod(g, len(self.train))
+            out.append(int(self._perm(epoch)[pos]))
+        return out
+
+    def batch(self, step: int, n: int) -> list[data.Example]:
+        return [self.train[i] for i in self.indices(step, n)]
+
+    def order_state(self, step: int, n: int) -> dict:
+        epoch, pos = divmod(step * n, len(self.train))
+        return {"epoch": epoch, "position": pos, "seed": self.seed}
+
+    def rewards(self, texts: Sequence[str], examples: Sequence[data.Example]) -> np.ndarray:
+        return np.asarray(self.task.rewards(list(texts), list(examples), **self.reward_kwargs),
+                          np.float32)  # fmt: skip
+
+
+def encode_prompts(tokenizer, conversations, max_prompt_len: int, pad_id: int):
+    """(ids [B,P], mask [B,P]) int32: chat template, left-truncated, left-padded, bucketed."""
+    toks = []
+    for conv in conversations:
+        ids = tokenizer.apply_chat_template(
+            list(conv), add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        toks.append(list(ids)[-max_prompt_len:])
+    ids, mask = sampling.pad_prompts(toks, pad_id)
+    if ids.shape[1] > max_prompt_len:  # the bucket overshoots: pad to the cap exactly
+        ids, mask = sampling.pad_prompts(toks, pad_id, length=max_prompt_len)
+    return ids, mask
+
+
+class Episode(NamedTuple):
+    examples: list  # [N] the example of each row (each prompt repeated G times)
+    texts: list[str]  # [N] decoded completions without special tokens
+    lengths: np.ndarray  # [N]
+    truncated: np.ndarray  # [N] bool
+    batch: dict  # DESIGN.md training batch (without log-probs and advantages)
+    num_completion_tokens: int  # T
+
+
+def rollout(model, tokenizer, examples, sampling_cfg, key, max_prompt_len: int) -> Episode:
+    ids, mask = encode_prompts(
+        tokenizer, [e.prompt for e in examples], max_prompt_len, sampling_cfg.pad_token_id
+    )
+    out = sampling.generate(model, ids, mask, key, sampling_cfg)
+    host = jax.device_get(out)
+    texts = [
+        tokenizer.decode(host.tokens[i, : host.lengths[i]].tolist(), skip_special_tokens=True)
+        for i in range(host.tokens.shape[0])
+    ]
+    batch = {
+        "input_ids": np.concatenate([host.prompt_ids, host.tokens], axis=1),
+        "attention_mask": np.concatenate([host.prompt_mask, host.mask], axis=1),
+        "completion_mask": host.mask,
+        "truncated": host.truncated,
+    }
+    return Episode(
+        _repeat(examples, sampling_cfg.group_size), texts, host.lengths, host.truncated, batch,
+        host.tokens.shape[1],
+    )  # fmt: skip
+
+
+def rollout_metrics(ep: Episode, rewards: np.ndarray) -> dict:
+    return {
+        "rollout/reward_mean": float(np.mean(rewards)),
+        "rollout/reward_std": float(np.std(rewards)),
+        "rollout/length_mean": float(np.mean(ep.lengths)),
+        "rollout/length_max": float(np.max(ep.lengths)),
+        "rollout/truncated_frac": float(np.mean(ep.truncated)),
+    }
+
+
+def make_generate_fn(model, tokenizer, sampling_cfg, max_prompt_len: int, batch_size: int):
+    """`evaluate.GenerateFn` over our sampler; short batches are padded to `batch_size` rows
+    so every eval batch reuses one compiled program."""
+
+    def generate_fn(conversations, *, greedy, num_samples, max_new_tokens, key):
+        convs = list(conversations)
+        n = len(convs)
+        convs += [convs[-1]] * (batch_size - n)
+        ids, mask = encode_prompts(tokenizer, convs, max_prompt_len, sampling_cfg.pad_token_id)
+        sc = sampling_cfg.__class__(**{
+            **sampling_cfg.__dict__, "greedy": greedy, "group_size": num_samples,
+            "max_new_tokens": max_new_tokens,
+        })  # fmt: skip
+        out = jax.device_get(sampling.generate(model, ids, mask, key or jax.random.key(0), sc))
+        texts = [
+            tokenizer.decode(out.tokens[i, : out.lengths[i]].tolist(), skip_special_tokens=True)
+            for i in range(n * num_samples)
+        ]
+        return [texts[i * num_samples : (i + 1) * num_samples] for i in range(n)]
+
+    return generate_fn
+
+
+def evaluate(model, tokenizer, td: TrainData, sampling_cfg, max_prompt_len: int,
+             batch_size: int = 16) -> dict:  # fmt: skip
+    """Greedy accuracy on the fixed held-out subset, as `eval/*` scalars."""
+    bs = min(batch_size, len(td.eval_examples))
+    gen = make_generate_fn(model, tokenizer, sampling_cfg, max_prompt_len, bs)
+    s = evaluate_lib.evaluate(
+        td.eval_examples, td.task, gen, greedy=True, max_new_tokens=sampling_cfg.max_new_tokens,
+        batch_size=bs, reward_kwargs={k: v for k, v in td.reward_kwargs.items()},
+    )  # fmt: skip
+    return {
+        "eval/accuracy": s["accuracy"],
+        "eval/mean_reward": s["mean_reward"],
+        "eval/mean_completion_chars": s["mean_completion_chars"],
+    }
+
+
+def sft_batch(td: TrainData, tokenizer, rng: np.random.Generator, batch_size: int,
+              max_prompt_len: int) -> dict:  # fmt: skip
+    """Prompt + gold `reference` + end-of-turn, in the training batch layout."""
+    idx = rng.integers(0, len(td.train), batch_size)
+    exs = [td.train[i] for i in idx]
+    missing = [e.id for e in exs if not e.reference]
+    if missing:
+        raise ValueError(f"warm-up needs gold references; {missing[0]} has none")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids, mask = encode_prompts(tokenizer, [e.prompt for e in exs], max_prompt_len, pad)
+    eos = tokenizer.eos_token_id
+    comps = [tokenizer(e.reference, add_special_tokens=False)["input_ids"] + [eos] for e in exs]
+    t = sampling.bucket_length(max(map(len, comps)))
+    c_ids = np.full((batch_size, t), pad, np.int32)
+    c_mask = np.zeros((batch_size, t), np.int32)
+    for i, c in enumerate(comps):
+        c = c[:t]
+        c_ids[i, : len(c)], c_mask[i, : len(c)] = c, 1
+    return {
+        "input_ids": np.concatenate([ids, c_ids], axis=1),
+        "attention_mask": np.concatenate([mask, c_mask], axis=1),
+        "completion_mask": c_mask,
+    }

@@ -1,0 +1,284 @@
+"""Training entry point: `python -m gbmpo_jax.train --exp NAME [--workdir DIR] [key=value ...]`.
+
+One GBMPO step (arXiv 2602.04380, section 1):
+  prompts (seeded order) -> G completions each (sampling.generate, shared prefill)
+  -> rewards on the host (math check / sandboxed code; overlaps the device's log-prob pass)
+  -> group-relative advantages -> old + reference log-probs (one jitted pass)
+  -> mu optimizer steps (train_step.update) -> metrics.
+
+Resume order: build everything from the config; if the workdir holds a checkpoint, refuse a
+different config (naming the fields), restore state, truncate metrics.jsonl to the restored
+step and continue at step + 1. Everything random is derived from (run.seed, step) and the
+data order from (run.seed, epoch), so a resumed run repeats an uninterrupted one exactly.
+SIGTERM (TPU preemption) finishes the step in flight, saves, and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import pathlib
+import signal
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gbmpo_jax import checkpoint, episodes, experiment, memory, metrics, models, policy, plot
+from gbmpo_jax import config as config_lib
+from gbmpo_jax.sft import make_sft_step
+from gbmpo_jax.train_step import (
+    init_state,
+    make_compute_logprobs,
+    make_update,
+    policy_params,
+)
+from gbmpo_jax.train_step import (
+    check_skips as _check_skips,
+)
+
+DONE_MARKER = "DONE"
+
+
+class _Preempted:
+    """SIGTERM flag: set by the handler, read between steps."""
+
+    def __init__(self):
+        self.flag = False
+
+    def __call__(self, signum, frame):
+        self.flag = True
+
+
+def default_workdir(name: str, root="runs") -> pathlib.Path:
+    """`runs/{date}_{name}`; an unfinished run of the same experiment is resumed instead."""
+    safe = name.replace(":", "-")
+    root = pathlib.Path(root)
+    if root.is_dir():
+        for d in sorted(root.glob(f"*_{safe}"), reverse=True):
+            if not (d / DONE_MARKER).exists() and (d / "checkpoints").is_dir():
+                return d
+    return root / f"{datetime.date.today():%Y%m%d}_{safe}"
+
+
+def _setup(cfg, workdir: pathlib.Path):
+    model, tokenizer = policy.load_model_and_tokenizer(cfg)
+    obj = policy.build_objective(cfg, model.config, tokenizer)
+    task = episodes.TrainData.from_config(cfg, tokenizer)
+    return model, tokenizer, obj, task
+
+
+def run(cfg: config_lib.Config, workdir, *, log=print) -> dict:
+    """Trains per `cfg` in `workdir` (resuming if it holds a checkpoint); returns a summary."""
+    cfg = config_lib.validate(cfg)
+    workdir = pathlib.Path(workdir)
+    is_main = jax.process_index() == 0
+    workdir.mkdir(parents=True, exist_ok=True)
+    model, tokenizer, obj, task = _setup(cfg, workdir)
+    mc = model.config
+    rows = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+
+    compute_logprobs = make_compute_logprobs(obj.apply_fn, obj.step_cfg)
+    update = make_update(obj.apply_fn, obj.divergence, obj.optimizer, obj.step_cfg)
+    merged = jax.jit(lambda st: policy_params(st.params, st.frozen, obj.step_cfg))
+    adv_fn = jax.jit(obj.advantage_fn, static_argnums=1)
+    base_key = jax.random.key(cfg.run.seed)
+
+    state = init_state(
+        model.params, obj.optimizer, obj.div_params, cfg.objective.coef, obj.step_cfg,
+        key=jax.random.fold_in(base_key, 0x10A),
+    )  # fmt: skip
+    ckpt = checkpoint.Checkpointer(
+        workdir / "checkpoints",
+        keep=cfg.run.keep,
+        every_steps=cfg.run.save_every_steps,
+        every_minutes=cfg.run.save_every_minutes,
+    )
+    latest = ckpt.latest_step()
+    if latest is not None:
+        checkpoint.check_compatible(ckpt.restore_meta(latest)["config"], cfg)
+        state, meta = ckpt.restore(latest, state)
+        start = latest
+        metrics.truncate_after(workdir / "metrics.jsonl", start)
+        log(f"resumed from step {start} in {workdir}")
+    else:
+        start = 0
+        if cfg.warmup.steps:
+            state = _warmup(cfg, state, obj, task, tokenizer, log)
+    if is_main:
+        (workdir / "config.json").write_text(json.dumps(config_lib.to_dict(cfg), indent=2))
+    writer = metrics.Writer(workdir, enabled=is_main)
+
+    def meta_for(step):
+        return {
+            "config": config_lib.to_dict(cfg),
+            "step": step,
+            "data": task.order_state(step, cfg.rollout.prompts_per_step),
+            "seed": cfg.run.seed,
+        }
+
+    def evaluate(step):
+        if not task.eval_examples:
+            return {}
+        t0 = time.monotonic()
+        pol = models.Model(mc, merged(state))
+        out = episodes.evaluate(pol, tokenizer, task, obj.eval_sampling, cfg.task.max_prompt_len)
+        out["perf/eval_s"] = time.monotonic() - t0
+        writer.scalars(step, out)
+        log(f"eval step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in out.items()))
+        return out
+
+    if start == 0:
+        first_eval = evaluate(0)
+        ckpt.save(0, state, meta_for(0), force=True)
+    else:
+        first_eval = {}
+    preempted = _Preempted()
+    previous = signal.signal(signal.SIGTERM, preempted)
+    progress = metrics.Progress(cfg.run.steps, start, enabled=is_main)
+    last_eval = first_eval
+    step = start
+    try:
+        for step in range(start + 1, cfg.run.steps + 1):
+            t0 = time.monotonic()
+            key_roll = jax.random.fold_in(base_key, step)
+            examples = task.batch(step, cfg.rollout.prompts_per_step)
+            pol = models.Model(mc, merged(state))
+            ep = episodes.rollout(pol, tokenizer, examples, obj.sampling, key_roll,
+                                  cfg.task.max_prompt_len)  # fmt: skip
+            t_gen = time.monotonic()
+            # Dispatch the log-prob pass first: JAX runs it while the host scores rewards.
+            old_lp, ref_lp, _ = compute_logprobs(
+                state, ep.batch["input_ids"], ep.batch["attention_mask"], ep.num_completion_tokens
+            )
+            rewards = task.rewards(ep.texts, ep.examples)
+            t_rew = time.monotonic()
+            adv, adv_metrics = adv_fn(jnp.asarray(rewards, jnp.float32), cfg.rollout.group_size)
+            batch = dict(ep.batch, old_logp=old_lp, ref_logp=ref_lp, advantages=adv)
+            state, m = update(state, batch, jax.random.fold_in(key_roll, 1))
+            m = jax.device_get(m)
+            t_end = time.monotonic()
+            _check_skips(m, cfg.run.max_skipped_in_row)
+            m.update({k: float(v) for k, v in jax.device_get(adv_metrics).items()})
+            m.update(episodes.rollout_metrics(ep, rewards))
+            n_tok = int(ep.lengths.sum())
+            m.update({
+                "perf/step_s": t_end - t0,
+                "perf/rollout_s": t_gen - t0,
+                "perf/reward_s": t_rew - t_gen,
+                "perf/update_s": t_end - t_rew,
+                "perf/rollout_tokens_per_s": n_tok / max(t_gen - t0, 1e-9),
+            })  # fmt: skip
+            if step % cfg.run.log_every == 0 or step == cfg.run.steps:
+                writer.scalars(step, m)
+                writer.histogram(step, "rollout/rewards", rewards)
+                writer.histogram(step, "rollout/lengths", ep.lengths)
+                for i in range(min(cfg.run.samples_to_log, len(ep.texts))):
+                    writer.text(step, f"samples/{i}", ep.texts[i])
+            progress.update(
+                step, reward=m["rollout/reward_mean"], tok_s=m["perf/rollout_tokens_per_s"]
+            )
+            if cfg.run.eval_every and step % cfg.run.eval_every == 0 and step != cfg.run.steps:
+                last_eval = evaluate(step)
+            if step == cfg.run.steps:
+                last_eval = evaluate(step)
+            ckpt.save(step, state, meta_for(step), force=preempted.flag or step == cfg.run.steps)
+            if preempted.flag:
+                log(f"SIGTERM: saved step {step}; exiting")
+                break
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        ckpt.close()
+        writer.close()
+    finished = step == cfg.run.steps and not preempted.flag
+    summary = {"step": step, "first_eval": first_eval, "last_eval": last_eval}
+    if finished and is_main:
+        if cfg.run.export:
+            out = models.save_pretrained(
+                models.Model(mc, jax.device_get(merged(state))), workdir / "export", tokenizer
+            )
+            log(f"exported the policy to {out}")
+        if (workdir / "metrics.jsonl").exists():
+            plot.plot_runs([workdir], workdir / "curves.png")
+        (workdir / DONE_MARKER).write_text(json.dumps(summary))
+    return summary
+
+
+def _warmup(cfg, state, obj, task, tokenizer, log):
+    """Supervised warm-up on gold completions; the result is also the frozen reference."""
+    import optax
+
+    opt = optax.adam(cfg.warmup.lr)
+    params = state.params if obj.step_cfg.lora is None else state.frozen
+    step_fn = make_sft_step(obj.apply_fn, opt)
+    opt_state = opt.init(params)
+    rng = np.random.default_rng(cfg.run.seed)
+    for i in range(cfg.warmup.steps):
+        batch = episodes.sft_batch(task, tokenizer, rng, cfg.warmup.batch_size,
+                                   cfg.task.max_prompt_len)  # fmt: skip
+        params, opt_state, loss = step_fn(params, opt_state, batch)
+        if (i + 1) % max(cfg.warmup.steps // 5, 1) == 0:
+            log(f"warm-up {i + 1}/{cfg.warmup.steps}: nll {float(loss):.3f}")
+    return init_state(
+        params, obj.optimizer, state.div_params, state.div_coef, obj.step_cfg,
+        key=jax.random.fold_in(jax.random.key(cfg.run.seed), 0x10A),
+    )  # fmt: skip
+
+
+def dry_run(cfg, workdir, mesh_shape=(1, 1, 1)) -> dict:
+    """Resolved config and per-device memory estimate, without loading weights."""
+    cfg = config_lib.validate(cfg)
+    if cfg.model.path == "random":
+        tok = policy.load_tokenizer(cfg)
+        from gbmpo_jax import presets
+
+        mc = presets.model_config(cfg.model.random_shape, len(tok))
+    else:
+        mc = models.load_config(policy.resolve_model_path(cfg.model.path))
+    data, fsdp, tensor = mesh_shape
+    est = memory.estimate(cfg, mc, data=data, fsdp=fsdp, tensor=tensor)
+    return {
+        "workdir": str(workdir),
+        "config": config_lib.to_dict(cfg),
+        "memory_per_device": {k: (memory.human(v) if k.endswith("bytes") else v)
+                              for k, v in est.items()},
+    }  # fmt: skip
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m gbmpo_jax.train",
+        description="GBMPO training. Overrides are dotted key=value pairs, e.g. run.steps=10.",
+    )
+    ap.add_argument("--exp", default="default", help="experiment name, optionally NAME:smoke")
+    ap.add_argument("--workdir", default=None, help="run directory (default runs/DATE_NAME)")
+    ap.add_argument("--dry-run", action="store_true", help="print config + memory, then exit")
+    ap.add_argument("overrides", nargs="*", help="key=value config overrides")
+    args = ap.parse_args(argv)
+    try:
+        cfg = experiment.load(args.exp)
+        cfg = config_lib.override(cfg, **config_lib.parse_overrides(args.overrides))
+        cfg = config_lib.validate(cfg)
+    except config_lib.ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(cfg.name)
+    if args.dry_run:
+        print(json.dumps(dry_run(cfg, workdir), indent=2))
+        return 0
+    try:
+        summary = run(cfg, workdir)
+    except (config_lib.ConfigError, checkpoint.CheckpointMismatchError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"workdir": str(workdir), **dataclasses.asdict(cfg.run), **summary},
+                     default=str))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Config tree: overrides, validation errors naming the field, experiments, dict round trip."""
+
+import pytest
+
+from gbmpo_jax import config as C
+from gbmpo_jax import experiment
+
+
+def test_override_parses_by_field_type():
+    cfg = C.override(
+        C.Config(),
+        **{"optim.lr": "1e-5", "run.steps": "7", "model.remat": "true",
+           "lora.targets": "q_proj,v_proj", "task.options": "digits:3,operations:+"},
+    )  # fmt: skip
+    assert cfg.optim.lr == 1e-5 and cfg.run.steps == 7 and cfg.model.remat is True
+    assert cfg.lora.targets == ("q_proj", "v_proj")
+    assert cfg.task.options == (("digits", "3"), ("operations", "+"))
+
+
+@pytest.mark.parametrize(
+    "key,value,needle",
+    [
+        ("optim.lrr", "1", "unknown config key 'optim.lrr'"),
+        ("nosuch.x", "1", "unknown config key 'nosuch.x'"),
+        ("run.steps", "ten", "run.steps='ten': cannot parse"),
+        ("optim", "1", "is a section"),
+    ],
+)
+def test_override_errors_name_the_key(key, value, needle):
+    with pytest.raises(C.ConfigError, match=needle.replace("(", r"\(")):
+        C.override(C.Config(), **{key: value})
+
+
+@pytest.mark.parametrize(
+    "key,value,field",
+    [
+        ("objective.divergence", "kll", "objective.divergence"),
+        ("rollout.group_size", 1, "rollout.group_size"),
+        ("objective.micro_batches", 3, "objective.micro_batches"),
+        ("optim.schedule", "cyclic", "optim.schedule"),
+        ("task.name", "nope", "task.name"),
+        ("rollout.top_p", 0.0, "rollout.top_p"),
+        ("mesh.fsdp", 0, "mesh.fsdp"),
+    ],
+)
+def test_validate_names_field(key, value, field):
+    with pytest.raises(C.ConfigError, match=field.replace(".", r"\.")):
+        C.validate(C.override(C.Config(), **{key: value}))
+
+
+def test_dict_round_trip_and_diff():
+    cfg = C.override(C.Config(), **{"task.options": (("digits", "3"),), "optim.lr": 2e-5})
+    assert C.from_dict(C.to_dict(cfg)) == cfg
+    assert C.diff(C.Config(), cfg) == {
+        "optim.lr": (3e-5, 2e-5),
+        "task.options": ([], [["digits", "3"]]),
+    }
+
+
+def test_every_experiment_and_smoke_variant_validates():
+    names = experiment.names()
+    for required in ("default", "gsm8k_drgrpo", "gsm8k_probl2", "gsm8k_neural_mirror",
+                     "mbpp_drgrpo", "mbpp_probl2", "mbpp_neural_mirror"):  # fmt: skip
+        assert required in names
+    for name in names:
+        full, smoke = experiment.load(name), experiment.load(name + ":smoke")
+        C.validate(full)
+        C.validate(smoke)
+        assert smoke.model.path == "random" and smoke.run.steps == 2
+        assert smoke.objective.divergence == full.objective.divergence
+
+
+def test_paper_settings():
+    g, m = experiment.load("gsm8k_probl2"), experiment.load("mbpp_neural_mirror")
+    assert (g.lora.rank, g.lora.alpha, g.optim.lr, g.rollout.group_size) == (64, 64.0, 3e-5, 4)
+    assert (g.rollout.temperature, g.rollout.top_p, g.run.steps) == (0.6, 0.95, 1000)
+    assert g.objective.divergence == "prob_l2" and g.objective.loss_type == "dr_grpo"
+    assert (m.optim.lr, m.optim.b2, m.optim.eps, m.optim.schedule) == (1e-5, 0.95, 1e-6, "linear")
+    assert (m.rollout.prompts_per_step, m.rollout.group_size, m.rollout.top_k) == (4, 32, 50)
+    assert (m.rollout.repetition_penalty, m.rollout.min_new_tokens) == (1.05, 32)
+    assert m.objective.coef == 1e-4 and m.lora.rank == 0
+
+
+def test_unknown_experiment_lists_names():
+    with pytest.raises(C.ConfigError, match="valid names: .*gsm8k_probl2"):
+        experiment.load("gsm8k_prob")
