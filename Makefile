@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 
-.PHONY: install install-dev sandbox train test test-all lint format bench clean
+.PHONY: install install-dev sandbox train smollm2-hf test test-all lint format bench clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,9 +36,15 @@ sandbox:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; \
 	  else echo "note: bubblewrap missing; install it with 'sudo apt-get install bubblewrap' for code rewards"; fi; }
 
-## train: one training run, e.g. `make train EXP=mbpp_neural_mirror ARGS="steps=10"`.
+## train: one run, e.g. `make train EXP=mbpp_neural_mirror ARGS="run.steps=10"`;
+## `*_es_meta` experiments run the ES outer loop (gbmpo_jax.meta).
 train: install
-	$(PY) -m gbmpo_jax.train --exp $(EXP) $(ARGS)
+	@case "$(EXP)" in *_es_meta*) mod=gbmpo_jax.meta;; *) mod=gbmpo_jax.train;; esac; \
+	echo "$(PY) -m $$mod --exp $(EXP) $(ARGS)"; $(PY) -m $$mod --exp $(EXP) $(ARGS)
+
+## smollm2-hf: convert the SmolLM2 GGUF once to a HF directory (fast reloads, transformers).
+smollm2-hf: install
+	$(PY) -m gbmpo_jax.models.convert --smollm2 --out artifacts/smollm2-135m-instruct
 
 ## test: the CI suite (fast tests plus the slow ones marked essential).
 test: install-dev
