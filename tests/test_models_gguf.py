@@ -102,6 +102,9 @@ def test_gguf_bad_inputs(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"\0")
     with pytest.raises(ValueError, match="not a .gguf"):
         models.load_pretrained(tmp_path / "weights.bin")
+    (tmp_path / "fake.gguf").write_bytes(b"PK\x03\x04" + bytes(60))
+    with pytest.raises(ValueError, match="not a GGUF file"):
+        models.load_pretrained(tmp_path / "fake.gguf")
     model = models.init_model(CFG, jax.random.key(0))
     path = _write_gguf(tmp_path / "other.gguf", model, arch="gpt2")
     with pytest.raises(ValueError, match=r"GGUF architecture 'gpt2' unsupported.*llama"):
