@@ -50,7 +50,7 @@ def test_contract(name):
         logits = jax.random.normal(jax.random.PRNGKey(2), (7,))
         lq, lpol = jax.nn.log_softmax(0.3 * logits), jax.nn.log_softmax(logits)
         assert float(jnp.sum(jnp.exp(lpol) * div.per_token(lpol, lq, params))) > 0
-    g = jax.grad(lambda a: jnp.sum(jf(a, lr, params)))(lp)
+    g = jax.jit(jax.grad(lambda a: jnp.sum(jf(a, lr, params))))(lp)
     assert np.all(np.isfinite(g)) and np.any(g != 0)
     # new values of the (traced) params and inputs: no retrace
     params2 = jax.tree.map(lambda x: x * 1.5, params)
@@ -59,10 +59,10 @@ def test_contract(name):
     # vmap over a population of params (and inputs where there are no params)
     pop = jax.tree.map(lambda x: jnp.stack([x, 2 * x]), params)
     if jax.tree.leaves(params):
-        out = jax.vmap(lambda p: div.per_token(lp, lr, p))(pop)
+        out = jax.jit(jax.vmap(lambda p: div.per_token(lp, lr, p)))(pop)
         np.testing.assert_allclose(out[0], d, rtol=1e-3, atol=1e-6)
     else:
-        out = jax.vmap(lambda a: div.per_token(a, lr, params))(jnp.stack([lp, lp]))
+        out = jax.jit(jax.vmap(lambda a: div.per_token(a, lr, params)))(jnp.stack([lp, lp]))
         np.testing.assert_allclose(out[1], d, rtol=1e-3, atol=1e-6)
 
 
@@ -186,7 +186,7 @@ def test_neural_mirror_fp32_accuracy(which):
         "large": _big_params(jax.random.PRNGKey(6)),  # w up to 10, b up to 1
         "crossing": _big_params(jax.random.PRNGKey(7), shift=3.0),  # u crosses 0 (not convex)
     }[which]
-    lps = np.log(np.array([1e-6, 1e-4, 1e-2, 0.3, 0.9, 1.0]))
+    lps = np.log(np.array([1e-6, 1e-3, 0.1, 0.7, 1.0]))
     f = jax.jit(dv.mirror_divergence)
     g = jax.jit(jax.grad(dv.mirror_divergence))
     worst_d = worst_g = 0.0

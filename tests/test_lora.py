@@ -26,6 +26,10 @@ def _base(dtype=jnp.float32):
     }
 
 
+def _init(key, base, cfg):
+    return jax.jit(lambda k, b: lora.init(k, b, cfg))(key, base)
+
+
 def test_targets_and_shapes():
     cfg = lora.LoraConfig(rank=2, alpha=4.0)
     base = _base()
@@ -36,7 +40,7 @@ def test_targets_and_shapes():
         ("layers", "down"): (1, 1, 1),
         ("head", "up_proj", "kernel"): (0, 1, 1),
     }
-    ad = lora.init(jax.random.PRNGKey(1), base, cfg)
+    ad = _init(jax.random.PRNGKey(1), base, cfg)
     assert ad["layers"]["q"]["lora_a"].shape == (L, E, 2)
     assert ad["layers"]["q"]["lora_b"].shape == (L, 2, H * D)
     assert ad["layers"]["o"]["lora_a"].shape == (L, H * D, 2)
@@ -47,7 +51,7 @@ def test_targets_and_shapes():
 def test_zero_b_means_merge_is_base():
     cfg = lora.LoraConfig(rank=2, alpha=4.0)
     base = _base()
-    ad = lora.init(jax.random.PRNGKey(1), base, cfg)
+    ad = _init(jax.random.PRNGKey(1), base, cfg)
     merged = jax.jit(lambda b, a: lora.merge(b, a, cfg))(base, ad)
     jax.tree.map(np.testing.assert_array_equal, merged, base)
 
@@ -55,7 +59,7 @@ def test_zero_b_means_merge_is_base():
 def test_merge_math_per_layer():
     cfg = lora.LoraConfig(rank=2, alpha=4.0)
     base = _base()
-    ad = lora.init(jax.random.PRNGKey(1), base, cfg)
+    ad = _init(jax.random.PRNGKey(1), base, cfg)
     ad = jax.tree.map(lambda x: x + 0.1, ad)
     merged = lora.merge(base, ad, cfg)
     a, b = ad["layers"]["o"]["lora_a"], ad["layers"]["o"]["lora_b"]
@@ -69,7 +73,7 @@ def test_merge_math_per_layer():
 def test_bf16_base_merges_in_float32():
     cfg = lora.LoraConfig(rank=2, alpha=2.0)
     base = _base(jnp.bfloat16)
-    ad = jax.tree.map(lambda x: x + 1e-4, lora.init(jax.random.PRNGKey(1), base, cfg))
+    ad = jax.tree.map(lambda x: x + 1e-4, _init(jax.random.PRNGKey(1), base, cfg))
     merged = lora.merge(base, ad, cfg)
     assert merged["layers"]["q"].dtype == jnp.float32
     assert merged["embed"].dtype == jnp.bfloat16

@@ -56,7 +56,7 @@ def _setup(cfg, div_name="kl", coef=0.1, optimizer=SGD, seed=0):
     div = dv.get(div_name)
     params = toy_params(jax.random.PRNGKey(seed))
     state = ts.init_state(
-        params, optimizer, div.init_params(None), coef, cfg, key=jax.random.PRNGKey(9)
+        params, optimizer, div.init_params(None), coef, cfg, jax.random.PRNGKey(9), div
     )
     return params, div, state
 
@@ -97,7 +97,7 @@ def test_reference_stays_initial_policy_full_finetune():
     for i in range(3):
         state, metrics = update(state, batch, jax.random.PRNGKey(i))
     pol, ref, ent = logprobs(state, batch["input_ids"], batch["attention_mask"], T)
-    want_ref, _ = ts._completion_logprobs(
+    want_ref, _ = ts.completion_logprobs(
         toy_apply, params0, batch["input_ids"], batch["attention_mask"], T, 1.0
     )
     np.testing.assert_allclose(ref, want_ref, rtol=1e-6, atol=1e-6)
@@ -207,3 +207,13 @@ def test_pure_update_vmaps_over_a_population():
     single, _ = ts.make_update(toy_apply, div, SGD, cfg)(state, batch, jax.random.PRNGKey(0))
     np.testing.assert_allclose(pop.params["head"][0], single.params["head"], atol=1e-6)
     assert not np.allclose(pop.params["head"][1], single.params["head"], atol=1e-4)
+
+
+def test_init_state_validates_divergence_params():
+    cfg = ts.StepConfig(loss=LossConfig(max_completion_length=T))
+    div = dv.get("neural_mirror")
+    bad = dict(div.init_params(None), c=jnp.float32(-1.0))
+    with pytest.raises(ValueError, match=r"params\['c'\] has negative"):
+        ts.init_state(toy_params(jax.random.PRNGKey(0)), SGD, bad, 0.1, cfg, divergence=div)
+    with pytest.raises(ValueError, match="coefficient"):
+        ts.init_state(toy_params(jax.random.PRNGKey(0)), SGD, {}, -1.0, cfg)

@@ -31,6 +31,9 @@ Deliberate deviations from the paper / reference code:
 3. k3 is computed as x^2 E(x), E(x) = (e^x - 1 - x)/x^2 with a series near 0, instead of
    exp(x) - x - 1 (which loses all digits for |x| < 1e-4 in float32).
 4. y - y0 is computed as y0 * expm1(logp - ref_logp) (exact when p is close to p_r).
+
+(About 430 lines, over the ~400 guide: the cancellation-free unit formulas are kept in the same
+file as the direct-form potential they must agree with, so both can be reviewed together.)
 """
 
 from __future__ import annotations

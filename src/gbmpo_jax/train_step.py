@@ -72,9 +72,23 @@ class TrainState:
     skipped_total: jax.Array  # all skipped steps (int32)
 
 
-def init_state(params, optimizer: Optimizer, div_params, div_coef, cfg: StepConfig, key=None):
+def init_state(
+    params,
+    optimizer: Optimizer,
+    div_params,
+    div_coef,
+    cfg: StepConfig,
+    key=None,
+    divergence: Divergence | None = None,
+):
     """Initial state. Full fine-tuning copies ``params`` into ``frozen`` (the reference);
-    with ``cfg.lora`` the params become the frozen base and fresh adapters are trained."""
+    with ``cfg.lora`` the params become the frozen base and fresh adapters are trained.
+    Given ``divergence``, its params are validated here (host side, once)."""
+    if divergence is not None:
+        divergence.validate(div_params)
+    coef = float(div_coef)
+    if not coef >= 0 or coef == float("inf"):
+        raise ValueError(f"divergence coefficient {div_coef} must be finite and >= 0")
     if cfg.lora is not None:
         if key is None:
             raise ValueError("init_state with LoRA needs a PRNG key for the adapter init")
@@ -107,7 +121,9 @@ def token_logprobs(logits, targets, temperature: float):
     return logp, jax.lax.stop_gradient(ent)
 
 
-def _completion_logprobs(apply_fn, params, input_ids, attention_mask, t: int, temperature):
+def completion_logprobs(apply_fn, params, input_ids, attention_mask, t: int, temperature):
+    """(logp, entropy) [N,t] of the last t tokens of ``input_ids`` [N,P+t]: the logits at
+    positions P-1 .. P+t-2 predict completion tokens 0 .. t-1."""
     p = input_ids.shape[1] - t
     logits = apply_fn(params, input_ids, attention_mask)[:, p - 1 : p - 1 + t]
     return token_logprobs(logits, input_ids[:, p:], temperature)
@@ -130,8 +146,8 @@ def make_compute_logprobs(apply_fn: Callable, cfg: StepConfig):
 
         def one(carry, mb):
             ids, am = mb
-            lp, ent = _completion_logprobs(apply_fn, pol, ids, am, completion_len, cfg.temperature)
-            rp, _ = _completion_logprobs(
+            lp, ent = completion_logprobs(apply_fn, pol, ids, am, completion_len, cfg.temperature)
+            rp, _ = completion_logprobs(
                 apply_fn, state.frozen, ids, am, completion_len, cfg.temperature
             )
             return carry, (lp, rp, ent)
@@ -158,7 +174,7 @@ def make_update(
     def grads_of(trainable, state, mb, t):
         def objective(tr):
             pol = policy_params(tr, state.frozen, cfg)
-            logp, ent = _completion_logprobs(
+            logp, ent = completion_logprobs(
                 apply_fn, pol, mb["input_ids"], mb["attention_mask"], t, cfg.temperature
             )
             loss, sums = loss_fn(
