@@ -256,8 +256,8 @@ def make_update(
             "clip/low_frac": s["low_clip"] / tok,
             "clip/high_frac": s["high_clip"] / tok,
             "ratio/mean": s["ratio_sum"] / tok,
-            "ratio/min": s["ratio_min"],
-            "ratio/max": s["ratio_max"],
+            "ratio/min": jnp.where(s["tokens"] > 0, s["ratio_min"], 1.0),  # finite if no tokens
+            "ratio/max": jnp.where(s["tokens"] > 0, s["ratio_max"], 1.0),
             "train/grad_norm": s["grad_norm"],
             "train/lr": s["lr"],
             "train/tokens": s["tokens"],
