@@ -55,6 +55,9 @@ EXTRACT_CASES = [
     ("Total = $ 45", "45"),
     ("so John has **15** marbles.", "15"),
     ("The answer is +8", "8"),
+    ("Follow the steps:\n\n1. Calculate ", "1"),
+    ("Costs:\n$\n5 each", "5"),
+    ("It is 3 / 4 of the cake", "3/4"),
 ]
 
 

@@ -30,9 +30,9 @@ ABS_TOL = 1e-9
 # an optional decimal part, optional "/denominator". Commas must group exactly 3 digits so that
 # "1,2,3" (a list) is not read as 123.
 _NUM = (
-    r"(?<![\w.])[-+\u2212]?\$?\s?"
+    r"(?<![\w.])[-+\u2212]?(?:\$ ?)?"
     r"(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?"
-    r"(?:\s?/\s?\d+(?:\.\d+)?)?"
+    r"(?: ?/ ?\d+(?:\.\d+)?)?"
 )
 _NUM_RE = re.compile(_NUM)
 _HASH_RE = re.compile(r"####\s*([^\n]*)")
@@ -50,7 +50,7 @@ def _numbers(text: str) -> list[str]:
         tok = m.group(0)
         if not re.search(r"\d", tok):
             continue
-        tok = tok.replace("\u2212", "-").replace("$", "").replace(",", "").replace(" ", "")
+        tok = re.sub(r"[\s$,]", "", tok.replace("\u2212", "-"))
         if tok.startswith("+"):
             tok = tok[1:]
         out.append(tok)
