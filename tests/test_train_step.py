@@ -217,3 +217,17 @@ def test_init_state_validates_divergence_params():
         ts.init_state(toy_params(jax.random.PRNGKey(0)), SGD, bad, 0.1, cfg, divergence=div)
     with pytest.raises(ValueError, match="coefficient"):
         ts.init_state(toy_params(jax.random.PRNGKey(0)), SGD, {}, -1.0, cfg)
+
+
+def test_bf16_model_regulariser_gradient_does_not_vanish():
+    """Advantages 0, so the whole gradient is lambda * grad D; bf16 logits are cast first."""
+    cfg = ts.StepConfig(loss=LossConfig(max_completion_length=T))
+    div = dv.get("neural_mirror")  # reference init: D ~ 1e-9, the hardest case
+    bf16 = lambda tree: jax.tree.map(lambda x: x.astype(jnp.bfloat16), tree)  # noqa: E731
+    state = ts.init_state(bf16(toy_params(jax.random.PRNGKey(0))), SGD, div.init_params(None),
+                          1.0, cfg)  # fmt: skip
+    state = dataclasses.replace(state, frozen=bf16(toy_params(jax.random.PRNGKey(1))))
+    batch = dict(toy_batch(jax.random.PRNGKey(8)), advantages=jnp.zeros((N,)))
+    state, m = ts.make_update(toy_apply, div, SGD, cfg)(state, batch, jax.random.PRNGKey(0))
+    assert float(m["div/mean"]) > 0
+    assert float(m["train/grad_norm"]) > 0 and np.isfinite(float(m["train/grad_norm"]))
