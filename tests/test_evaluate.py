@@ -142,3 +142,28 @@ def test_generate_text_adapter_groups_samples(monkeypatch):
     assert out == [["a#0", "a#1", "a#2"], ["b#3", "b#4", "b#5"]]
     assert seen["n"] == 6 and seen["temperature"] == 0.7 and seen["greedy"] is False
     assert seen["max_new_tokens"] == 5 and seen["key"] == "k"
+
+
+@pytest.mark.slow
+def test_cli_on_a_training_checkpoint(tmp_path, shared_data):
+    """End to end with the real sampler: a 2-step smoke run, then evaluate its checkpoint."""
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    subprocess.run(
+        [sys.executable, "-m", "gbmpo_jax.train", "--exp", "gsm8k_drgrpo:smoke",
+         "--workdir", str(run_dir), "run.export=false"],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    assert (run_dir / "checkpoints").is_dir() and not (run_dir / "export").exists()
+    args = evaluate._parser().parse_args([
+        "--model", str(run_dir), "--task", "gsm8k", "--split", "test", "--limit", "2",
+        "--source", str(shared_data / "gsm8k"), "--out", str(tmp_path / "eval"),
+        "--max-new-tokens", "6", "--batch-size", "2", "--no-progress",
+    ])  # fmt: skip
+    summary = evaluate.run(args)
+    assert summary["n_examples"] == 2 and 0.0 <= summary["accuracy"] <= 1.0
+    assert 0 < summary["mean_completion_tokens"] <= 6
+    recs = (tmp_path / "eval" / "records.jsonl").read_text().splitlines()
+    assert len(recs) == 2
