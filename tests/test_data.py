@@ -147,3 +147,53 @@ def test_errors_name_the_fix(tmp_path, gsm8k_dir):
     bad.write_text(json.dumps({"q": "x"}) + "\n")
     with pytest.raises(KeyError, match="question"):
         data.load_split("gsm8k", "train", source=str(bad))
+
+
+def test_hub_sources_use_the_right_configs_and_fields(monkeypatch, gsm8k_dir, mbpp_file):
+    """The hub path with a fake `datasets.load_dataset` (no network): config names, the MBPP
+    splits concatenated then re-split by task_id, sanitized `prompt` vs full `text` fields."""
+    import datasets
+
+    gsm = {
+        s: [json.loads(ln) for ln in open(f"{gsm8k_dir}/{s}.jsonl")][:5] for s in ("train", "test")
+    }
+    mbpp = [json.loads(ln) for ln in open(mbpp_file)]
+    calls = []
+
+    def fake_load_dataset(hub_id, config, split):
+        calls.append((hub_id, config, split))
+        if hub_id == "openai/gsm8k":
+            return gsm[split]
+        ranges = {
+            "prompt": (1, 10),
+            "test": (11, 510),
+            "validation": (511, 600),
+            "train": (601, 974),
+        }
+        lo, hi = ranges[split]
+        rows = [dict(r) for r in mbpp if lo <= r["task_id"] <= hi]
+        for r in rows:
+            if config == "sanitized":
+                r["prompt"] = r.pop("text")
+            else:
+                r.pop("test_imports")
+        return rows
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    assert len(data.load_split("gsm8k", "test")) == 5
+    assert calls == [("openai/gsm8k", "main", "test")]
+    calls.clear()
+    full = data.load_split("mbpp", "validation")
+    assert {c[1] for c in calls} == {"full"} and len(calls) == 4
+    assert len(full) == 43 and all(511 <= int(e.id.split("/")[1]) <= 600 for e in full)
+    calls.clear()
+    san = data.load_split("mbpp_sanitized", "test")
+    assert {c[1] for c in calls} == {"sanitized"} and len(san) == 257
+    assert any(e.imports for e in san) and not any(e.imports for e in full)
+
+    def offline(*a, **k):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(RuntimeError, match="task.source"):
+        data.load_split("gsm8k", "train")
