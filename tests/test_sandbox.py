@@ -225,3 +225,15 @@ def test_attacks_do_not_disturb_concurrent_honest_programs():
     res = run_many(jobs, max_workers=6)
     assert [r.passed for r in res] == [2, 0, 2, 0, 2, 2]
     assert not _sandbox_pids()
+
+
+def test_a_sandbox_that_cannot_start_fails_loudly(monkeypatch, tmp_path):
+    fake = tmp_path / "bwrap"
+    fake.write_text(
+        "#!/bin/sh\necho 'bwrap: No permissions to creating new namespace' >&2\nexit 1\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr(sandbox, "bwrap_path", lambda: str(fake))
+    with pytest.raises(sandbox.SandboxUnavailableError, match="No permissions"):
+        run_tests(GOOD, TESTS)
+    assert str(fake) not in sandbox._PROBED

@@ -115,6 +115,30 @@ def _check_mode(sandbox: str) -> None:
             "`make sandbox`), or pass sandbox='unsafe_rlimits_only' to run code with rlimits "
             "only (no filesystem, network or process isolation: unsafe)."
         )
+    if sandbox == "bwrap" and bwrap_path() not in _PROBED:
+        _probe()
+
+
+_PROBED: set[str] = set()
+_PROBE_LOCK = threading.Lock()
+
+
+def _probe() -> None:
+    """Run ``assert True`` once per process: a sandbox that cannot start (e.g. user namespaces
+    disabled) must fail loudly, not score every program 0."""
+    with _PROBE_LOCK:
+        path = bwrap_path()
+        if path in _PROBED:
+            return
+        res = _run_checked("pass", ["assert True"], "", [], 10.0, "bwrap", Limits())
+        if res.status != "ok":
+            raise SandboxUnavailableError(
+                f"bubblewrap is installed but a trivial program did not run in it "
+                f"(status {res.status}): {res.stderr.strip()[:500]}. Check that bwrap works "
+                "(`bwrap --ro-bind / / --unshare-pid true`; non-root users need unprivileged "
+                "user namespaces), or pass sandbox='unsafe_rlimits_only' (unsafe)."
+            )
+        _PROBED.add(path)
 
 
 def _interpreter() -> tuple[str, str]:
@@ -207,7 +231,10 @@ def run_tests(
     tests = list(tests)
     imports = [imports] if isinstance(imports, str) else list(imports)
     _validate(program, tests, setup_code, imports, timeout_s)
-    limits = limits or Limits()
+    return _run_checked(program, tests, setup_code, imports, timeout_s, sandbox, limits or Limits())
+
+
+def _run_checked(program, tests, setup_code, imports, timeout_s, sandbox, limits) -> CodeResult:
     start = time.monotonic()
     privileged = os.geteuid() == 0
     tmp = None
