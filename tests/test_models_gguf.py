@@ -120,3 +120,13 @@ def test_load_config_without_weights(tmp_path):
     )
     with pytest.raises(FileNotFoundError):
         models.load_config(tmp_path / "nope")
+
+
+def test_convert_cli_reports_bad_path(tmp_path, capsys):
+    from gbmpo_jax.models.convert import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--gguf", str(tmp_path / "missing.gguf"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "missing.gguf not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

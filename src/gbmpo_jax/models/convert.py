@@ -30,8 +30,12 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, help="output HF directory")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args(argv)
-    path = smollm2_gguf_path() if args.smollm2 else args.gguf
-    print(f"wrote {convert(path, args.out, args.dtype)}")
+    try:
+        path = smollm2_gguf_path() if args.smollm2 else args.gguf
+        out = convert(path, args.out, args.dtype)
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
