@@ -240,3 +240,28 @@ def test_chi_square_detects_a_wrong_temperature():
     expected = counts.sum() * _target(LOGITS, 1.0)
     chi2 = float(((counts - expected) ** 2 / expected).sum())
     assert chi2 > _chi2_critical(V - 1)
+
+
+@pytest.mark.parametrize("block", [1, 3, 8, 256])
+def test_two_level_sampler_frequencies_across_blocks(block):
+    """Inverse-CDF sampler over several blocks (and a padded last block) matches the target;
+    zero-probability tokens never appear, also at block edges."""
+    probs = np.array([0.1, 0.0, 0.2, 0.3, 0.05, 0.0, 0.35, 0.0, 0.0, 0.0], np.float64)
+    logits = jnp.broadcast_to(jnp.log(jnp.asarray(probs, jnp.float32)), (50_000, probs.size))
+    draw = jax.jit(lp.sample_categorical, static_argnums=2)
+    toks = np.asarray(draw(jax.random.key(block), logits, block))
+    counts = np.bincount(toks, minlength=probs.size)
+    assert counts[probs == 0].sum() == 0
+    expected = counts.sum() * probs[probs > 0]
+    chi2 = float(((counts[probs > 0] - expected) ** 2 / expected).sum())
+    assert chi2 < _chi2_critical(int((probs > 0).sum()) - 1)
+
+
+def test_two_level_sampler_one_hot_and_tiny_mass():
+    logits = jnp.full((1000, 40), -jnp.inf).at[:, 37].set(0.0)
+    toks = np.asarray(lp.sample_categorical(jax.random.key(0), logits, 16))
+    assert (toks == 37).all()
+    # a token 1e-30 times less likely than the rest is (practically) never drawn
+    logits = jnp.zeros((1000, 40)).at[:, 5].set(-69.0)
+    toks = np.asarray(lp.sample_categorical(jax.random.key(1), logits, 16))
+    assert (toks != 5).all() and len(np.unique(toks)) == 39

@@ -24,6 +24,9 @@ Deliberate deviations from transformers:
    runs first and leaves every other token at probability 0.
 3. The repetition penalty counts only real tokens (prompt_mask == 1) of the prompt plus the
    generated tokens; transformers also penalises the pad token id of left-padded rows.
+4. Draws use two-level inverse-CDF sampling with one uniform per row (`sample_categorical`)
+   instead of Gumbel-max over the whole vocabulary: the same distribution, 50x cheaper on CPU
+   for a 49k vocabulary, but a different random stream than `jax.random.categorical`.
 """
 
 from __future__ import annotations
@@ -122,11 +125,38 @@ def process(
     return min_p_filter(logits, min_p)
 
 
+def sample_categorical(key: jax.Array, logits: jax.Array, block: int = 256) -> jax.Array:
+    """One draw per row from softmax(logits) [N,V] by two-level inverse-CDF sampling -> [N] int32.
+
+    Gumbel-max (`jax.random.categorical`) needs N*V random numbers: for a 49k vocabulary that
+    is most of a small model's decode step on CPU. Here each row uses one uniform u in (0, 1]:
+    with unnormalised p = exp(z - max z) split into blocks of `block` tokens, pick the first
+    block whose cumulative mass reaches u * total, then the first token inside it. Two short
+    float32 cumsums (over blocks, then within one block) keep the rounding error ~1e-6
+    relative. Zero-probability (filtered, -inf) tokens are never returned.
+    """
+    n, vocab = logits.shape
+    block = max(1, min(block, vocab))
+    blocks = -(-vocab // block)
+    p = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    p = jnp.pad(p, ((0, 0), (0, blocks * block - vocab))).reshape(n, blocks, block)
+    cum = jnp.cumsum(jnp.sum(p, axis=-1), axis=-1)  # [N,blocks]
+    u = 1.0 - jax.random.uniform(key, (n, 1), jnp.float32)  # (0, 1]
+    target = u * cum[:, -1:]
+    j = jnp.minimum(jnp.sum(cum < target, axis=-1), blocks - 1)  # first block with cum >= target
+    before = jnp.where(j > 0, jnp.take_along_axis(cum, jnp.maximum(j - 1, 0)[:, None], 1)[:, 0], 0)
+    inner = jnp.take_along_axis(p, j[:, None, None], axis=1)[:, 0]  # [N,block]
+    i = jnp.sum(jnp.cumsum(inner, axis=-1) < (target[:, 0] - before)[:, None], axis=-1)
+    # rounding can push i past the block's last positive token: clamp to it
+    last = jnp.max(jnp.where(inner > 0, jnp.arange(block), 0), axis=-1)
+    return (j * block + jnp.minimum(i, last)).astype(jnp.int32)
+
+
 def choose(logits: jax.Array, key: jax.Array, greedy: bool) -> jax.Array:
     """Next token ids [N] int32 from processed logits: argmax, or a categorical draw."""
     if greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+    return sample_categorical(key, logits)
 
 
 def token_logprobs(raw_logits: jax.Array, tokens: jax.Array, temperature: float) -> jax.Array:
