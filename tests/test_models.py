@@ -293,6 +293,21 @@ def test_bad_config_fields():
         models.ModelConfig("llama", 32, 16, 24, 2, 4, 2, 4, rope_scaling=(("rope_type", "yarn"),))
 
 
+def test_apply_shape_errors():
+    cfg = models.ModelConfig("llama", 32, 16, 24, 2, 4, 2, 4)
+    params = models.init_model(cfg, jax.random.key(0)).params
+    ids = jnp.ones((2, 3), jnp.int32)
+    with pytest.raises(ValueError, match="positions shape"):
+        models.apply(params, cfg, ids, jnp.zeros((2, 4), jnp.int32), None)
+    with pytest.raises(ValueError, match=r"attention_mask shape \(2, 5\) != \(2, 3\)"):
+        models.apply(params, cfg, ids, jnp.zeros((2, 3), jnp.int32), jnp.ones((2, 5)))
+    cache = models.init_cache(cfg, 2, 4)
+    with pytest.raises(ValueError, match="cache_index 2 \\+ 3 new tokens"):
+        models.apply(params, cfg, ids, jnp.zeros((2, 3), jnp.int32), jnp.ones((2, 4)), cache, 2)
+    with pytest.raises(ValueError, match="cache slots"):
+        models.apply(params, cfg, ids, jnp.zeros((2, 3), jnp.int32), jnp.ones((2, 3)), cache, 0)
+
+
 def test_save_is_atomic_and_refuses_foreign_dirs(tmp_path):
     cfg = models.ModelConfig("llama", 32, 16, 24, 2, 4, 2, 4)
     model = models.init_model(cfg, jax.random.key(0))

@@ -267,13 +267,27 @@ def apply(
     """
     c = config
     B, T = input_ids.shape
+    if positions.shape != (B, T):
+        raise ValueError(f"positions shape {positions.shape} != input_ids shape {(B, T)}")
     if cache is None:
         mask = jnp.ones((B, T), bool) if attention_mask is None else attention_mask
         offset = jnp.zeros((), jnp.int32)
+        want = (B, T)
     else:
         if cache_index is None or attention_mask is None:
             raise ValueError("apply with a cache needs cache_index and a [B,S] attention_mask")
         mask, offset = attention_mask, jnp.asarray(cache_index, jnp.int32)
+        want = cache["k"].shape[1:3]
+        if isinstance(cache_index, int) and not 0 <= cache_index <= want[1] - T:
+            raise ValueError(
+                f"cache_index {cache_index} + {T} new tokens does not fit the cache's "
+                f"{want[1]} slots: make init_cache(max_len=...) larger"
+            )
+    if mask.shape != want:
+        raise ValueError(
+            f"attention_mask shape {mask.shape} != {want} "
+            f"({'[B,S] cache slots' if cache is not None else '[B,T]'})"
+        )
     S = mask.shape[-1]
     q_slot = offset + jnp.arange(T, dtype=jnp.int32)
     allowed = (jnp.arange(S, dtype=jnp.int32)[None, :] <= q_slot[:, None])[None] & (
