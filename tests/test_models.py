@@ -185,6 +185,37 @@ def test_kv_cache_prefill_then_decode_matches_full_forward(hf_case):
         assert _max_diff(got, full, full_mask) <= 1e-5, (name, chunk)
 
 
+def test_bfloat16_cache_with_float32_compute():
+    cfg = models.ModelConfig("llama", VOCAB, 32, 48, 2, 4, 2, 8)
+    model = models.init_model(cfg, jax.random.key(3))
+    ids, mask = _batch(np.random.default_rng(7), [5, 2], 5)
+    full = models.forward(model, ids, mask)
+    pos = models.positions_from_mask(mask)
+    cache = models.init_cache(cfg, 2, 5, "bfloat16")
+    assert cache["v"].dtype == jnp.bfloat16
+    slots = np.zeros((2, 5), np.int32)
+    slots[:, :4] = mask[:, :4]
+    logits, cache = _APPLY(model.params, cfg, ids[:, :4], pos[:, :4], slots, cache, 0)
+    slots[:, 4] = 1
+    last, cache = _APPLY(model.params, cfg, ids[:, 4:], pos[:, 4:], slots, cache, 4)
+    got = jnp.concatenate([logits, last], 1)
+    assert cache["k"].dtype == jnp.bfloat16
+    assert 0 < _max_diff(got, full, mask) <= 1e-2 * float(jnp.abs(full).max())
+
+
+def test_forward_traces_once_per_shape():
+    cfg = models.ModelConfig("qwen2", VOCAB, 32, 48, 1, 4, 2, 8)
+    a = models.init_model(cfg, jax.random.key(0))
+    b = models.init_model(cfg, jax.random.key(1))
+    ids, mask = _batch(np.random.default_rng(8), [4, 2], 4)
+    from gbmpo_jax.models import model as model_lib
+
+    before = model_lib._forward._cache_size()
+    assert not np.allclose(models.forward(a, ids, mask), models.forward(b, ids, mask))
+    models.forward(a, ids.astype(np.int64), mask.astype(bool))
+    assert model_lib._forward._cache_size() == before + 1
+
+
 def test_remat_and_grads():
     cfg = models.ModelConfig("qwen3", VOCAB, 32, 48, 2, 4, 2, 8)
     model = models.init_model(cfg, jax.random.key(0))
