@@ -20,7 +20,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 def shared_data() -> pathlib.Path:
     if not SHARED_DATA.is_dir():
         if os.environ.get("CI"):
-            pytest.fail(f"shared data missing at {SHARED_DATA}: CI must lay ../shared beside the clone")
+            pytest.fail(
+                f"shared data missing at {SHARED_DATA}: CI must lay ../shared beside the clone"
+            )
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
 

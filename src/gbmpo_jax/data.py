@@ -281,7 +281,7 @@ def _load_arithmetic(split: str, source: str, opts: dict) -> list[Example]:
         value = eval(expr, {"__builtins__": {}})  # digits and + - * only, built above
         out.append(Example(
             id=f"arith/{hashlib.blake2b(expr.encode(), digest_size=6).hexdigest()}",
-            prompt=prompts.arithmetic_messages(question),
+            prompt=prompts.arithmetic_messages(question, opts["style"]),
             answer=str(value),
             reference=f"{expr} = {value}\n#### {value}",
         ))  # fmt: skip
@@ -377,7 +377,7 @@ def _load_humaneval(split: str, source: str, opts: dict) -> list[Example]:
 # ----------------------------------------------------------------------------- registry
 
 _HELD_OUT = {"val_fraction": 0.2, "split_seed": 42}
-_ARITH = {"digits": 2, "operands": 2, "operations": "+-", "size": 0, "seed": 0}
+_ARITH = {"digits": 2, "operands": 2, "operations": "+-", "size": 0, "seed": 0, "style": "tutor"}
 _CODE_SPLITS = ("train", "inner_train", "validation", "test", "prompt")
 
 TASKS: dict[str, Task] = {

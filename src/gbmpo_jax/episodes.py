@@ -155,7 +155,9 @@ def make_generate_fn(model, tokenizer, sampling_cfg, max_prompt_len: int, batch_
             **sampling_cfg.__dict__, "greedy": greedy, "group_size": num_samples,
             "max_new_tokens": max_new_tokens,
         })  # fmt: skip
-        out = jax.device_get(sampling.generate(model, ids, mask, key or jax.random.key(0), sc))
+        out = jax.device_get(
+            sampling.generate(model, ids, mask, jax.random.key(0) if key is None else key, sc)
+        )
         texts = [
             tokenizer.decode(out.tokens[i, : out.lengths[i]].tolist(), skip_special_tokens=True)
             for i in range(n * num_samples)

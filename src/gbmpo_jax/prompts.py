@@ -33,9 +33,15 @@ def gsm8k_messages(question: str) -> Messages:
     return _messages(MATH_SYSTEM, f"Problem:\n{question.strip()}")
 
 
-def arithmetic_messages(question: str) -> Messages:
-    """The synthetic arithmetic task shares the GSM8K prompt, so skills transfer both ways."""
-    return gsm8k_messages(question)
+def arithmetic_messages(question: str, style: str = "tutor") -> Messages:
+    """``tutor``: the GSM8K prompt, so skills transfer both ways (real models). ``bare``: the
+    question alone as the user turn, for character-level tiny models where a 90-character
+    system prompt would triple the sequence length of the CPU demo."""
+    if style == "tutor":
+        return gsm8k_messages(question)
+    if style == "bare":
+        return [{"role": "user", "content": question}]
+    raise ValueError(f"arithmetic prompt style {style!r}: use 'tutor' or 'bare'")
 
 
 def mbpp_messages(text: str, tests: Sequence[str]) -> Messages:
