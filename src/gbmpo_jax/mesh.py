@@ -1,0 +1,396 @@
+"""Device mesh, partition rules from logical axis names, and sharded jit of the step pieces.
+
+Mesh: four named axes, in this order (outermost first, so `data` spans hosts/slices and
+`tensor` the fastest links inside one host):
+
+  pop     ES population members (meta loop; 1 for plain training)
+  data    pure data parallelism: rows split, parameters replicated
+  fsdp    rows split *and* parameters / optimizer state sharded (ZeRO-3 style)
+  tensor  Megatron-style tensor parallelism: heads / kv_heads / mlp / vocab split
+
+Batch rows are split over ("data", "fsdp") together (FSDP is data parallel for activations),
+so a global batch of N rows needs N % (data * fsdp) == 0; every other batch axis is whole.
+
+Parameters: `models.logical_axes(config)` names each dimension of each leaf; `RULES` maps a
+logical name to a mesh axis (or None = replicated). A dimension whose size does not divide
+by the mesh axis size is replicated instead, logged once per (leaf, axis). A mesh axis is used
+at most once per leaf (a later dimension asking for an axis already taken is replicated).
+Optimizer state and LoRA adapters get the placement of the parameter they belong to, found
+by tree path and shape (`state_shardings`); everything else (counters, divergence params) is
+replicated.
+
+Compilation uses classic GSPMD propagation (`jax.sharding.Mesh`, Auto axis types): the train
+step and rollout are `jax.jit`-ed with explicit in/out shardings and XLA inserts collectives.
+Sharding never changes the maths: results equal the one-device run up to float reassociation.
+
+Multi-host: every process builds the same global mesh from `jax.devices()`; each process
+holds only its addressable shards. Host data (prompts, rewards) enters with
+`global_batch_from_host_rows` and leaves with `host_local_rows` (see docs/SCALE_OUT.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from gbmpo_jax import lora as lora_lib
+from gbmpo_jax import models, sampling
+
+log = logging.getLogger(__name__)
+
+AXES: tuple[str, ...] = ("pop", "data", "fsdp", "tensor")
+BATCH_AXES: tuple[str, ...] = ("data", "fsdp")
+
+# Logical axis name -> mesh axis (None = replicated). The one table; pass `rules=` to override
+# (e.g. {**RULES, "vocab": "fsdp"}) anywhere a function takes it.
+RULES: dict[str, str | None] = {
+    "layers": None,  # scanned over: sharding it would serialise the scan across devices
+    "embed": "fsdp",  # hidden size: every matrix has it, so FSDP shards every matrix
+    "vocab": "tensor",  # embedding rows / lm_head columns (logits split over tensor)
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "mlp": "tensor",
+    "head_dim": None,
+    "norm": None,  # [L, E] norm scales: tiny, replicated
+}
+
+
+class MeshError(ValueError):
+    """The mesh config does not fit the devices or the shapes; the message names the fix."""
+
+
+# --------------------------------------------------------------------------- building the mesh
+def axis_sizes(mesh_cfg, n_devices: int) -> dict[str, int]:
+    """{"pop", "data", "fsdp", "tensor"} sizes with the one -1 axis resolved; raises MeshError
+    when the product is not `n_devices` (e.g. for `memory.estimate` in --dry-run)."""
+    sizes = {a: int(getattr(mesh_cfg, a)) for a in AXES}
+    free = [a for a, n in sizes.items() if n == -1]
+    bad = [f"mesh.{a}={n}" for a, n in sizes.items() if n == 0 or n < -1]
+    if bad or len(free) > 1:
+        raise MeshError(
+            f"{', '.join(bad) or 'mesh'}: sizes must be >= 1 with at most one -1 "
+            f"(got {sizes}, free axes {free})"
+        )
+    fixed = math.prod(n for n in sizes.values() if n != -1)
+    desc = " x ".join(f"{a}={n}" for a, n in sizes.items())
+    if free:
+        if n_devices % fixed:
+            raise MeshError(
+                f"mesh {desc}: the fixed axes need a multiple of {fixed} devices but there are "
+                f"{n_devices}; change mesh.{'/'.join(a for a in AXES if a not in free)}"
+            )
+        sizes[free[0]] = n_devices // fixed
+    elif fixed != n_devices:
+        raise MeshError(
+            f"mesh {desc} needs {fixed} devices but there are {n_devices}: make the product "
+            f"equal {n_devices}, or set one axis to -1 (e.g. mesh.data=-1)"
+        )
+    return sizes
+
+
+def setup(mesh_cfg, devices=None) -> Mesh:
+    """Mesh with axes `AXES` over `devices` (default: all global devices), Auto axis types.
+
+    Uses `mesh_utils.create_device_mesh` (topology-aware on TPU) and falls back to the plain
+    device order where it cannot place the shape (CPU, odd GPU counts)."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = axis_sizes(mesh_cfg, len(devices))
+    shape = tuple(sizes[a] for a in AXES)
+    try:
+        from jax.experimental import mesh_utils
+
+        grid = mesh_utils.create_device_mesh(shape, devices=devices)
+    except (ValueError, NotImplementedError, AssertionError):
+        grid = np.asarray(devices, dtype=object).reshape(shape)
+    return Mesh(grid, AXES)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
+    """Rows (axis 0) over ("data", "fsdp"); the other `ndim - 1` axes whole."""
+    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def num_row_shards(mesh: Mesh) -> int:
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def check_rows(n_rows: int, mesh: Mesh, what: str = "batch") -> None:
+    k = num_row_shards(mesh)
+    if n_rows % k:
+        raise MeshError(
+            f"{what} of {n_rows} rows does not split over data x fsdp = {k} devices: make "
+            f"the rows a multiple of {k} (rollout.prompts_per_step / group_size, or the mesh)"
+        )
+
+
+# --------------------------------------------------------------------------- partition rules
+_logged: set = set()
+
+
+def spec_for(names, shape, mesh: Mesh, rules: Mapping | None = None, where: str = "") -> P:
+    """PartitionSpec of one leaf from its logical axis `names` and `shape`."""
+    rules = RULES if rules is None else rules
+    if len(names) != len(shape):
+        raise MeshError(f"{where}: logical axes {names} do not match shape {tuple(shape)}")
+    used, out = set(), []
+    for name, size in zip(names, shape, strict=True):
+        axis = rules.get(name) if name is not None else None
+        if axis is not None and axis not in mesh.shape:
+            raise MeshError(f"rules[{name!r}]={axis!r} is not a mesh axis {tuple(mesh.shape)}")
+        if axis is None or mesh.shape[axis] == 1 or axis in used:
+            out.append(None)
+            continue
+        if size % mesh.shape[axis]:
+            key = (where, name, axis)
+            if key not in _logged:
+                _logged.add(key)
+                log.warning(
+                    "%s: axis %r of size %d does not divide by mesh %s=%d; replicated",
+                    where, name, size, axis, mesh.shape[axis],
+                )  # fmt: skip
+            out.append(None)
+            continue
+        used.add(axis)
+        out.append(axis)
+    return P(*out)
+
+
+def _keys(path) -> tuple:
+    return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
+
+
+def param_specs(model_config, mesh: Mesh, rules: Mapping | None = None, shapes=None) -> dict:
+    """PartitionSpec pytree for the model params (structure of `models.logical_axes`)."""
+    from gbmpo_jax.models import transformer
+
+    names = models.logical_axes(model_config)
+    shapes = transformer.param_shapes(model_config) if shapes is None else shapes
+    is_names = lambda x: isinstance(x, tuple)  # noqa: E731
+    flat, tree = jax.tree.flatten_with_path(names, is_leaf=is_names)
+    shape_leaves = jax.tree.leaves(shapes, is_leaf=is_names)
+    specs = [
+        spec_for(n, s, mesh, rules, "/".join(map(str, _keys(p))))
+        for (p, n), s in zip(flat, shape_leaves, strict=True)
+    ]
+    return jax.tree.unflatten(tree, specs)
+
+
+def param_shardings(model_config, mesh: Mesh, rules: Mapping | None = None) -> dict:
+    """NamedSharding pytree for the model params (e.g. the rollout's `params_sh`)."""
+    specs = param_specs(model_config, mesh, rules)
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
+
+
+def lora_names(model_config, lora_cfg: lora_lib.LoraConfig) -> dict:
+    """Logical axes of the LoRA adapter pytree: A [*batch, in, r] takes the base's batch and
+    (single) input name; B [*batch, r, out] takes the outermost output name (a flattened
+    (heads, head_dim) split on heads is the same contiguous blocks). Rank axes: None."""
+    from gbmpo_jax.models import transformer
+
+    base_names = lora_lib._flatten(models.logical_axes(model_config))
+    base_shapes = lora_lib._flatten(transformer.param_shapes(model_config))
+    out: dict = {}
+    for path, (nb, ni, _) in lora_lib.targets(_Shaped.tree(base_shapes), lora_cfg).items():
+        n = base_names[path]
+        a_in = n[nb] if ni == 1 else None
+        lora_lib._set_path(out, path + ("lora_a",), (*n[:nb], a_in, None))
+        lora_lib._set_path(out, path + ("lora_b",), (*n[:nb], None, n[nb + ni]))
+    return out
+
+
+class _Shaped:
+    """Stand-in leaf with a `.shape` (lora.targets only reads shapes)."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    @staticmethod
+    def tree(flat: dict) -> dict:
+        out: dict = {}
+        for path, shape in flat.items():
+            lora_lib._set_path(out, path, _Shaped(shape))
+        return out
+
+
+def _specs_from_names(names_tree, arrays, mesh, rules):
+    flat = {
+        _keys(p): n
+        for p, n in jax.tree.flatten_with_path(names_tree, is_leaf=lambda x: isinstance(x, tuple))[
+            0
+        ]
+    }
+    return {
+        k: spec_for(n, _shape_of(arrays, k), mesh, rules, "/".join(map(str, k)))
+        for k, n in flat.items()
+    }
+
+
+def _shape_of(tree, keys):
+    node = tree
+    for k in keys:
+        node = node[k]
+    return tuple(node.shape)
+
+
+def state_shardings(state, model_config, mesh: Mesh, rules=None, lora_cfg=None):
+    """NamedSharding pytree for a `train_step.TrainState` (or any pytree holding the params,
+    adapters and optimizer state): a leaf whose key path ends with a parameter's (or
+    adapter's) path and has its shape gets that placement; every other leaf is replicated."""
+    table: dict[tuple, tuple[tuple, P]] = {}
+    base = getattr(state, "frozen", None) or getattr(state, "params", None)
+    specs = param_specs(model_config, mesh, rules)
+    for p, s in jax.tree.flatten_with_path(specs, is_leaf=lambda x: isinstance(x, P))[0]:
+        table[_keys(p)] = (_shape_of(base, _keys(p)), s)
+    if lora_cfg is not None:
+        for k, s in _specs_from_names(
+            lora_names(model_config, lora_cfg), state.params, mesh, rules
+        ).items():
+            table[k] = (_shape_of(state.params, k), s)
+    suffixes = sorted(table, key=len, reverse=True)
+
+    def pick(path, leaf):
+        keys, shape = _keys(path), tuple(np.shape(leaf))
+        for suf in suffixes:
+            if keys[-len(suf) :] == suf and table[suf][0] == shape:
+                return NamedSharding(mesh, table[suf][1])
+        return replicated(mesh)
+
+    return jax.tree.map_with_path(pick, state)
+
+
+def shard_state(state, model_config, mesh: Mesh, rules=None, lora_cfg=None):
+    """(state placed on the mesh, its sharding pytree)."""
+    sh = state_shardings(state, model_config, mesh, rules, lora_cfg)
+    return jax.device_put(state, sh), sh
+
+
+def per_device_bytes(tree) -> int:
+    """Bytes of `tree` held by the first addressable device (after sharding)."""
+    dev = jax.local_devices()[0]
+    total = 0
+    for x in jax.tree.leaves(tree):
+        for s in x.addressable_shards:
+            if s.device == dev:
+                total += s.data.nbytes
+    return total
+
+
+# --------------------------------------------------------------------------- sharded jit
+def batch_shardings(batch: Mapping, mesh: Mesh) -> dict:
+    """Per-key shardings of a training batch dict: rows over the batch axes; scalars
+    (e.g. num_items_in_batch) replicated."""
+    out = {}
+    for k, v in batch.items():
+        nd = np.ndim(v)
+        if nd:
+            check_rows(np.shape(v)[0], mesh, f"batch[{k!r}]")
+        out[k] = batch_sharding(mesh, nd) if nd else replicated(mesh)
+    return out
+
+
+def jit_update(update_fn, state_sh, mesh: Mesh):
+    """`update(state, batch, key) -> (state, metrics)` compiled with explicit shardings.
+
+    `update_fn` is `train_step.make_update(..., jit=False)`. The state keeps `state_sh`
+    (donated); batch rows over ("data", "fsdp"); the key and the metrics are replicated
+    (metrics are global reductions). One compilation per batch layout (set of keys / ranks).
+    """
+    cache: dict = {}
+    rep = replicated(mesh)
+
+    def step(state, batch, key):
+        sig = tuple(sorted((k, np.ndim(v)) for k, v in batch.items()))
+        if sig not in cache:
+            cache[sig] = jax.jit(
+                update_fn,
+                in_shardings=(state_sh, batch_shardings(batch, mesh), rep),
+                out_shardings=(state_sh, rep),
+                donate_argnums=0,
+            )
+        else:
+            batch_shardings(batch, mesh)  # row check with a clear error
+        return cache[sig](state, batch, key)
+
+    return step
+
+
+def jit_logprobs(logprobs_fn, state_sh, mesh: Mesh):
+    """`train_step.make_compute_logprobs` output recompiled with shardings:
+    (state, input_ids, attention_mask, completion_len) -> three [N,T] row-sharded arrays."""
+    rows = batch_sharding(mesh, 2)
+    fn = getattr(logprobs_fn, "__wrapped__", logprobs_fn)
+    return jax.jit(
+        fn, static_argnums=3, in_shardings=(state_sh, rows, rows), out_shardings=(rows,) * 3
+    )
+
+
+def jit_rollout(mesh: Mesh, params_sh, config: sampling.SamplingConfig):
+    """`rollout(model, prompt_ids [B,P], prompt_mask [B,P], key) -> Rollout` jitted with the
+    params at `params_sh`, prompt and output rows over ("data", "fsdp"). B must divide by
+    data x fsdp; the N = B x G output rows (b-major) stay on the prompt's devices."""
+    rows2, rows1 = batch_sharding(mesh, 2), batch_sharding(mesh, 1)
+    out_sh = sampling.Rollout(
+        tokens=rows2, mask=rows2, lengths=rows1, truncated=rows1, logprobs=rows2,
+        prompt_ids=rows2, prompt_mask=rows2,
+    )  # fmt: skip
+    jitted: dict = {}
+
+    def generate(model, prompt_ids, prompt_mask, key):
+        check_rows(np.shape(prompt_ids)[0], mesh, "prompt batch")
+        mc = model.config
+        if mc not in jitted:
+            model_sh = models.Model(mc, params_sh)
+            jitted[mc] = jax.jit(
+                lambda m, i, a, k: sampling.rollout(m, i, a, k, config),
+                in_shardings=(model_sh, rows2, rows2, replicated(mesh)),
+                out_shardings=out_sh,
+            )
+        return jitted[mc](model, prompt_ids, prompt_mask, key)
+
+    return generate
+
+
+# --------------------------------------------------------------------------- host data
+def host_local_rows(global_array) -> np.ndarray:
+    """This process's rows of a row-sharded global array, as numpy (in global row order).
+    Rows replicated over `tensor` / `pop` are taken once."""
+    shards = {}
+    for s in global_array.addressable_shards:
+        start = s.index[0].start or 0 if s.index else 0
+        shards.setdefault(start, s.data)
+    return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)], axis=0)
+
+
+def host_row_range(n_rows: int, mesh: Mesh) -> tuple[int, int]:
+    """[start, stop) of the global rows whose batch shards live on this process."""
+    check_rows(n_rows, mesh)
+    sh = batch_sharding(mesh)
+    idx = sh.addressable_devices_indices_map((n_rows,))
+    starts = [i[0].start or 0 for i in idx.values()]
+    stops = [n_rows if i[0].stop is None else i[0].stop for i in idx.values()]
+    return min(starts), max(stops)
+
+
+def global_batch_from_host_rows(local, mesh: Mesh, n_rows: int):
+    """Global row-sharded arrays from each process's own rows (a pytree of numpy arrays with
+    the local rows `host_row_range(n_rows, mesh)`); scalars must be equal on all processes."""
+
+    def one(x):
+        x = np.asarray(x)
+        if x.ndim == 0:
+            return jax.make_array_from_process_local_data(replicated(mesh), x, ())
+        return jax.make_array_from_process_local_data(
+            batch_sharding(mesh, x.ndim), x, (n_rows, *x.shape[1:])
+        )
+
+    return jax.tree.map(one, local)
