@@ -1,0 +1,113 @@
+"""What an ES run leaves behind: mirror maps as .npz, the meta-learning curve, h'(y) plots,
+and the paper-style comparison table (GBMPO, arXiv 2602.04380, section 5).
+
+* ``mirror_best.npz`` / ``mirror_mean.npz``: keys v, w, b [126], a, c (scalars), float32,
+  non-negative (through the adapter); load with ``objective.mirror_params_path=...``
+  (`policy.load_mirror_params`).
+* ``es_curve.png``: validation fitness of the mean candidate and of the best member per
+  generation against the generation, population min..max shaded, mean +- std dashed.
+* ``mirror_slope.png``: h'(y) for y in [1e-4, 1] (log axis) of the best and mean learned
+  maps against the initial map (the ES starting point), and the same minus its value at
+  y = 1e-4 (the part of the slope that shapes D).
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gbmpo_jax.divergences import mirror_potential, validate_mirror_params
+
+
+def save_mirror(path, params: dict) -> pathlib.Path:
+    host = {k: np.asarray(v, np.float32) for k, v in jax.device_get(params).items()}
+    validate_mirror_params(host)
+    path = pathlib.Path(path)
+    np.savez(path, **host)
+    return path
+
+
+def slope(params: dict, y: np.ndarray) -> np.ndarray:
+    """h'(y) by autodiff of the direct-form potential (float32)."""
+    g = jax.vmap(jax.grad(lambda t: mirror_potential(t, params)))
+    return np.asarray(g(jnp.asarray(y, jnp.float32)))
+
+
+def plot_curve(history: list[dict], out) -> pathlib.Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    g = np.array([h["generation"] for h in history])
+    get = lambda k: np.array([h.get(k, np.nan) for h in history], float)  # noqa: E731
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.fill_between(g, get("es/fitness_min"), get("es/fitness_max"), alpha=0.2,
+                    label="population min..max")  # fmt: skip
+    mu, sd = get("es/fitness_mean"), get("es/fitness_std")
+    ax.plot(g, mu, "--", color="C0", label="population mean")
+    ax.fill_between(g, mu - sd, mu + sd, alpha=0.15, color="C0")
+    ax.plot(g, get("es/fitness_max"), "o-", ms=3, color="C1", label="best member")
+    if any("es/mean_fitness" in h for h in history):
+        ax.plot(g, get("es/mean_fitness"), "s-", ms=3, color="C2", label="ES mean")
+    ax.set_xlabel("ES generation")
+    ax.set_ylabel("validation fitness (greedy accuracy)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return pathlib.Path(out)
+
+
+def plot_slopes(maps: dict[str, dict], out) -> pathlib.Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    y = np.logspace(-4, 0, 200)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for name, params in maps.items():
+        s = slope(params, y)
+        axes[0].plot(y, s, label=name)
+        axes[1].plot(y, s - s[0], label=name)
+    axes[0].set_title("h'(y)", fontsize=9)
+    axes[1].set_title("h'(y) - h'(1e-4)", fontsize=9)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("token probability y")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return pathlib.Path(out)
+
+
+def write_outputs(workdir, history, adapter, best_z, mean_z, init_z) -> dict:
+    workdir = pathlib.Path(workdir)
+    best, mean, init = (adapter.to_params(z) for z in (best_z, mean_z, init_z))
+    out = {
+        "mirror_best": save_mirror(workdir / "mirror_best.npz", best),
+        "mirror_mean": save_mirror(workdir / "mirror_mean.npz", mean),
+        "slope_plot": plot_slopes(
+            {"initial map": init, "ES mean": mean, "ES best": best}, workdir / "mirror_slope.png"
+        ),  # fmt: skip
+    }
+    if history:
+        out["curve"] = plot_curve(history, workdir / "es_curve.png")
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown table: method | accuracy mean +- std (%) | mean response length (chars)."""
+    lines = ["| method | accuracy (%) | mean response length (chars) | seeds |",
+             "|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        lines.append(f"| {r['method']} | {100 * r['acc_mean']:.1f} ± {100 * r['acc_std']:.1f} "
+                     f"| {r['length_mean']:.1f} | {r['seeds']} |")  # fmt: skip
+    return "\n".join(lines)
