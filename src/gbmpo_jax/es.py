@@ -154,7 +154,9 @@ class PaperState(NamedTuple):
     generation: jax.Array  # () int32
 
 
-def paper_es(pop_size: int, sigma: float = 0.01, lr: float = 0.01, sigma_decay: float = 0.99):
+def paper_es(
+    pop_size: int, sigma: float = 0.01, lr: float = 0.01, sigma_decay: float = 0.99, dim: int = DIM
+):
     """The reference code's ES: antithetic pairs, raw-fitness gradient
     g = sum_i f_i eps_i / (P sigma), mean += lr g if the population's mean fitness beats the
     best so far, else mean = average of the 2 elites; sigma *= sigma_decay per generation."""
@@ -163,6 +165,8 @@ def paper_es(pop_size: int, sigma: float = 0.01, lr: float = 0.01, sigma_decay: 
 
     def init(key, mean):
         mean = jnp.asarray(mean, jnp.float32)
+        if mean.shape != (dim,):
+            raise ValueError(f"paper ES mean has shape {mean.shape}, expected ({dim},)")
         return PaperState(
             mean, jnp.asarray(sigma, jnp.float32), jnp.asarray(-jnp.inf, jnp.float32),
             jnp.stack([mean, mean]), jnp.full((2,), -jnp.inf, jnp.float32),
