@@ -121,6 +121,22 @@ def test_arithmetic_knobs_disjoint_and_reward_uses_math_extractor():
         data.load_split("arithmetic", "train", options={"digits": "1", "size": "500"})
 
 
+def test_arithmetic_short_answer_option():
+    opts = {"digits": "1", "operands": "3", "size": "20", "style": "bare", "answer": "short"}
+    worked = data.load_split("arithmetic", "validation", options={**opts, "answer": "worked"})
+    short = data.load_split("arithmetic", "validation", options=opts)
+    assert [e.id for e in short] == [e.id for e in worked]  # same problems, other gold text
+    for ex, w in zip(short, worked, strict=True):
+        assert ex.reference == f"#### {ex.answer}" and w.reference.endswith(ex.reference)
+        assert "=" in w.reference and "=" not in ex.reference
+    task = data.TASKS["arithmetic"]
+    assert task.rewards([e.reference for e in short], short) == [1.0] * len(short)
+    wrong = [f"#### {int(e.answer) + 1}" for e in short]
+    assert task.rewards(wrong, short) == [0.0] * len(short)
+    with pytest.raises(ValueError, match="answer='steps'.*'worked' or 'short'"):
+        data.load_split("arithmetic", "train", options={"answer": "steps"})
+
+
 @pytest.mark.skipif(sandbox.bwrap_path() is None, reason="bubblewrap not installed")
 def test_code_task_rewards_binary_and_partial(mbpp_file):
     ex = data.load_split("mbpp_sanitized", "prompt", source=mbpp_file)[0]

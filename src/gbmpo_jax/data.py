@@ -257,8 +257,15 @@ def _load_gsm8k(split: str, source: str, opts: dict) -> list[Example]:
 
 
 def _load_arithmetic(split: str, source: str, opts: dict) -> list[Example]:
-    """Problems like "What is 37 + 48?"; knobs: digits, operands, operations, size, seed."""
+    """Problems like "What is 37 + 48?"; knobs: digits, operands, operations, size, seed, answer.
+
+    ``answer`` is the gold completion (the SFT target of tiny-model warm-ups): ``worked``
+    = ``"37 + 48 = 85\n#### 85"``, ``short`` = ``"#### 85"`` (3x fewer completion tokens for
+    character-level CPU demos; the reward reads either through the ``####`` rule).
+    """
     digits, n_ops, ops = opts["digits"], opts["operands"], opts["operations"]
+    if opts["answer"] not in ("worked", "short"):
+        raise ValueError(f"arithmetic option answer={opts['answer']!r}: use 'worked' or 'short'")
     if digits < 1 or n_ops < 2 or not ops or set(ops) - set("+-*"):
         raise ValueError(
             "arithmetic options: digits >= 1, operands >= 2, operations a subset of '+-*' "
@@ -283,7 +290,8 @@ def _load_arithmetic(split: str, source: str, opts: dict) -> list[Example]:
             id=f"arith/{hashlib.blake2b(expr.encode(), digest_size=6).hexdigest()}",
             prompt=prompts.arithmetic_messages(question, opts["style"]),
             answer=str(value),
-            reference=f"{expr} = {value}\n#### {value}",
+            reference=(f"{expr} = {value}\n" if opts["answer"] == "worked" else "")
+            + f"#### {value}",
         ))  # fmt: skip
         if len(out) == size:
             return out
@@ -377,7 +385,15 @@ def _load_humaneval(split: str, source: str, opts: dict) -> list[Example]:
 # ----------------------------------------------------------------------------- registry
 
 _HELD_OUT = {"val_fraction": 0.2, "split_seed": 42}
-_ARITH = {"digits": 2, "operands": 2, "operations": "+-", "size": 0, "seed": 0, "style": "tutor"}
+_ARITH = {
+    "digits": 2,
+    "operands": 2,
+    "operations": "+-",
+    "size": 0,
+    "seed": 0,
+    "style": "tutor",
+    "answer": "worked",
+}
 _CODE_SPLITS = ("train", "inner_train", "validation", "test", "prompt")
 
 TASKS: dict[str, Task] = {
