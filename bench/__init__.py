@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench.run [--quick] [--sections a,b]` (see BENCHMARKS.md)."""

@@ -1,0 +1,330 @@
+"""One full GRPO step: ours (JAX, the pieces of `train.py`'s loop) vs TRL `GRPOTrainer` (torch CPU).
+
+Same work on both sides, same weights: a random-init Qwen2-shaped model from
+`presets.model_config(shape, vocab 64)` is saved once as a HF directory; our worker loads it
+with `models.load_pretrained`, TRL's with transformers. A step is 4 prompts of 24 tokens x G=8
+samples at T=1 with exactly ``new_tokens`` completion tokens (min = max new tokens), then the
+reference log-probs (beta = 0.04), then one dr_grpo update (AdamW, lr 1e-6, clip 1.0).
+
+  ours  sampling.generate -> make_compute_logprobs (policy "old" AND reference in one pass, as
+        train.py does; TRL skips the old pass when num_iterations = 1, so we do one extra
+        forward) -> advantages -> make_update. Each phase is timed after block_until_ready.
+  TRL   GRPOTrainer.train(max_steps = N), step times from a TrainerCallback (on_step_end to
+        on_step_end); a WordLevel tokenizer over the 64 ids built in code, plain-text prompts,
+        a dummy reward (count of one symbol), generation_kwargs min_new_tokens = max.
+
+Each side runs in its own subprocess so that its peak RSS is its own. Step 1 (compile /
+warm-up) is reported apart; steady state = steps 2..N as median, min, max, spread. Per phase:
+tokens/s and model FLOP/s as a fraction of the fp32 matmul peak measured in this run
+(`bench.common` gives the FLOP model).
+
+Usage: ``python -m bench.step_bench [--quick] [--shapes 3M,23.6M] [--steps N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+from bench import common  # noqa: E402
+
+PROMPTS, GROUP, PROMPT_LEN, VOCAB = 4, 8, 24, 64
+BETA, LR = 0.04, 1e-6
+EOS, PAD, FIRST_SYMBOL = 1, 0, 2
+REWARD_SYMBOL = 7  # dummy reward: how often this id appears in a completion
+NEW_TOKENS = {"tiny": 8, "3M": 32, "23.6M": 128}
+TRL_PREVIOUS_S = {"3M": 0.67, "23.6M": 15.8}  # TRL step times measured here before (issue)
+TARGET_SPEEDUP = {"3M": 3.0, "23.6M": 2.0}
+
+
+def _prompts(seed: int) -> list[list[int]]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return rng.integers(FIRST_SYMBOL, VOCAB, size=(PROMPTS, PROMPT_LEN)).tolist()
+
+
+def save_weights(shape: str, path: str, seed: int = 0):
+    """Random-init model of preset ``shape`` saved as a HF directory; returns its config."""
+    import jax
+
+    from gbmpo_jax import models, presets
+
+    cfg = presets.model_config(shape, VOCAB, eos_token_id=(EOS,), pad_token_id=PAD)
+    models.save_pretrained(models.init_model(cfg, jax.random.key(seed)), path)
+    return cfg
+
+
+# --------------------------------------------------------------------------- our side
+def ours_worker(model_dir: str, new_tokens: int, steps: int, seed: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from gbmpo_jax import advantages, divergences, models, policy, sampling
+    from gbmpo_jax.losses import LossConfig
+    from gbmpo_jax.optim import OptimConfig, make_optimizer
+    from gbmpo_jax.train_step import StepConfig, init_state, make_compute_logprobs, make_update
+
+    model = models.load_pretrained(model_dir)
+    mc = model.config
+    step_cfg = StepConfig(
+        loss=LossConfig(
+            loss_type="dr_grpo", max_completion_length=new_tokens, mask_truncated_completions=False
+        ),
+        group_size=GROUP,
+        temperature=1.0,
+    )
+    div = divergences.get("kl")
+    opt = make_optimizer(
+        OptimConfig(learning_rate=LR, schedule="constant", total_steps=max(steps, 1),
+                    warmup_ratio=0.0, max_grad_norm=1.0)
+    )  # fmt: skip
+    base = jax.random.key(seed)
+    state = init_state(model.params, opt, div.init_params(base), BETA, step_cfg, divergence=div)
+    apply_fn = policy.make_apply_fn(mc)
+    compute_logprobs = make_compute_logprobs(apply_fn, step_cfg)
+    update = make_update(apply_fn, div, opt, step_cfg)
+    adv_fn = jax.jit(advantages.get("dr_grpo"), static_argnums=1)
+    scfg = sampling.SamplingConfig(
+        new_tokens, group_size=GROUP, min_new_tokens=new_tokens,
+        stop_token_ids=(EOS,), pad_token_id=PAD,
+    )  # fmt: skip
+    ids, mask = sampling.pad_prompts(_prompts(seed), PAD)
+
+    phases = {"rollout": [], "logprobs": [], "update": [], "step": []}
+    t_start = time.perf_counter()
+    for step in range(steps):
+        key = jax.random.fold_in(base, step)
+        t0 = time.perf_counter()
+        out = jax.device_get(
+            sampling.generate(models.Model(mc, state.params), ids, mask, key, scfg)
+        )
+        t1 = time.perf_counter()
+        if int(out.lengths.min()) != new_tokens:
+            raise RuntimeError("rollout stopped early: the token count differs from TRL's")
+        input_ids = np.concatenate([out.prompt_ids, out.tokens], axis=1)
+        attn = np.concatenate([out.prompt_mask, out.mask], axis=1)
+        old_lp, ref_lp, _ = jax.block_until_ready(
+            compute_logprobs(state, input_ids, attn, new_tokens)
+        )
+        t2 = time.perf_counter()
+        rewards = (out.tokens == REWARD_SYMBOL).sum(axis=1).astype(np.float32)
+        adv, _ = adv_fn(jnp.asarray(rewards), GROUP)
+        batch = {
+            "input_ids": input_ids, "attention_mask": attn, "completion_mask": out.mask,
+            "old_logp": old_lp, "ref_logp": ref_lp, "advantages": adv,
+        }  # fmt: skip
+        state, metrics = update(state, batch, jax.random.fold_in(key, 1))
+        metrics = jax.device_get(metrics)
+        t3 = time.perf_counter()
+        if not np.isfinite(metrics["train/loss"]):
+            raise RuntimeError(f"non-finite loss at step {step}: the benchmark step is broken")
+        for name, dt in (("rollout", t1 - t0), ("logprobs", t2 - t1), ("update", t3 - t2),
+                         ("step", t3 - t0)):  # fmt: skip
+            phases[name].append(dt)
+    return {
+        "phases_s": phases,
+        "total_s": time.perf_counter() - t_start,
+        "seq_len": int(ids.shape[1]) + new_tokens,
+        "peak_rss_mb": common.peak_rss_mb(),
+    }
+
+
+# --------------------------------------------------------------------------- TRL side
+def _tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": PAD, "<eos>": EOS}
+    vocab.update({f"s{i}": i for i in range(FIRST_SYMBOL, VOCAB)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", padding_side="left"
+    )
+
+
+def trl_worker(model_dir: str, new_tokens: int, steps: int, seed: int) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    torch.manual_seed(seed)
+    tok = _tokenizer()
+    text = [" ".join(f"s{i}" for i in row) for row in _prompts(seed)]
+    enc = tok(text, add_special_tokens=False)["input_ids"]
+    if any(len(r) != PROMPT_LEN for r in enc):
+        raise RuntimeError("TRL prompts do not tokenize to the fixed length")
+    data = Dataset.from_dict({"prompt": text})
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    symbol = f"s{REWARD_SYMBOL}"
+
+    def reward(completions, **_):
+        return [float(c.split().count(symbol)) for c in completions]
+
+    times: list[float] = []
+
+    class StepTimes(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            times.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as out_dir:
+        args = GRPOConfig(
+            output_dir=out_dir, use_cpu=True, bf16=False, report_to="none",
+            save_strategy="no", logging_steps=10_000, disable_tqdm=True, seed=seed,
+            per_device_train_batch_size=PROMPTS * GROUP, num_generations=GROUP,
+            gradient_accumulation_steps=1, max_steps=steps, learning_rate=LR,
+            max_completion_length=new_tokens, beta=BETA, loss_type="dr_grpo",
+            scale_rewards="none", temperature=1.0, top_p=1.0, top_k=0,
+            mask_truncated_completions=False, max_grad_norm=1.0,
+            generation_kwargs={"min_new_tokens": new_tokens},
+        )  # fmt: skip
+        trainer = GRPOTrainer(
+            model=model, reward_funcs=reward, args=args, train_dataset=data,
+            processing_class=tok, callbacks=[StepTimes()],
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        trainer.train()
+        total = time.perf_counter() - t0
+    steps_s = [b - a for a, b in zip(times, times[1:], strict=False)]
+    if len(steps_s) != steps:
+        raise RuntimeError(f"TRL ran {len(steps_s)} steps, expected {steps}")
+    return {
+        "phases_s": {"step": steps_s},
+        "total_s": total,
+        "torch_threads": torch.get_num_threads(),
+        "peak_rss_mb": common.peak_rss_mb(),
+    }
+
+
+WORKERS = {"ours": ours_worker, "trl": trl_worker}
+
+
+def _spawn(side: str, model_dir: str, new_tokens: int, steps: int, seed: int) -> dict:
+    cmd = [sys.executable, "-m", "bench.step_bench", "--worker", side, "--model-dir", model_dir,
+           "--new-tokens", str(new_tokens), "--steps", str(steps), "--seed", str(seed)]  # fmt: skip
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{side} worker failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- report
+def _phase_report(samples: list[float], flops: float, tokens: int, peak: float) -> dict:
+    first, steady = samples[0], samples[1:] or samples[:1]
+    st = common.stats(steady)
+    return {
+        "first_s": round(first, 4),
+        "compile_s": round(max(first - st["median"], 0.0), 4),
+        "steady_s": st,
+        "tokens_per_s": round(tokens / st["median"], 1),
+        "gflop_per_s": round(flops / st["median"] / 1e9, 2),
+        "fraction_of_matmul_peak": round(flops / st["median"] / peak, 3),
+    }
+
+
+def bench_shape(shape: str, steps: int, peak: float, seed: int = 0, with_trl: bool = True) -> dict:
+    new_tokens = NEW_TOKENS[shape]
+    with tempfile.TemporaryDirectory() as model_dir:
+        cfg = save_weights(shape, model_dir, seed)
+        load = {"before": list(os.getloadavg())}
+        ours = _spawn("ours", model_dir, new_tokens, steps, seed)
+        trl = _spawn("trl", model_dir, new_tokens, steps, seed) if with_trl else None
+        load["after"] = list(os.getloadavg())
+    rows, seq = PROMPTS * GROUP, PROMPT_LEN + new_tokens
+    fwd = common.seq_forward_flops(cfg, rows, seq)
+    flops = {
+        "rollout": common.rollout_flops(cfg, PROMPT_LEN, PROMPTS, GROUP, new_tokens),
+        "logprobs": 2 * fwd,  # policy (old) + reference, full sequences
+        "update": 3 * fwd,  # forward + backward
+    }
+    tokens = {"rollout": rows * new_tokens, "logprobs": 2 * rows * seq, "update": rows * seq}
+    ph = ours["phases_s"]
+    report = {
+        "shape": shape,
+        "params_m": round((common.matmul_params(cfg) + cfg.vocab_size * cfg.hidden_size) / 1e6, 2),
+        "rows": rows,
+        "prompt_len": PROMPT_LEN,
+        "new_tokens": new_tokens,
+        "steps": steps,
+        "load_avg_1m": [round(load["before"][0], 2), round(load["after"][0], 2)],
+        "ours": {
+            "phases": {k: _phase_report(ph[k], flops[k], tokens[k], peak) for k in flops},
+            "step": _phase_report(ph["step"], sum(flops.values()), rows * new_tokens, peak),
+            "peak_rss_mb": ours["peak_rss_mb"],
+        },
+    }
+    report["ours"]["step_breakdown_median_s"] = {
+        k: report["ours"]["phases"][k]["steady_s"]["median"] for k in flops
+    }
+    if trl is not None:
+        st = trl["phases_s"]["step"]
+        tst = common.stats(st[1:] or st)
+        report["trl"] = {
+            "first_step_s": round(st[0], 4),
+            "steady_step_s": tst,
+            "fraction_of_matmul_peak": round(sum(flops.values()) / tst["median"] / peak, 3),
+            "torch_threads": trl["torch_threads"],
+            "peak_rss_mb": trl["peak_rss_mb"],
+        }
+        ours_med = report["ours"]["step"]["steady_s"]["median"]
+        report["speedup_vs_trl"] = round(tst["median"] / ours_med, 2)
+        if shape in TARGET_SPEEDUP:
+            report["target_speedup"] = TARGET_SPEEDUP[shape]
+            report["meets_target"] = report["speedup_vs_trl"] >= TARGET_SPEEDUP[shape]
+            report["trl_step_s_measured_before"] = TRL_PREVIOUS_S[shape]
+    return report
+
+
+def run(quick: bool, shapes: list[str] | None = None, steps: int | None = None) -> dict:
+    """Benchmark numbers as a JSON-able dict (see the module docstring). Quick: shape "tiny",
+    3 steps, no TRL (checks the harness, not the speed)."""
+    shapes = shapes or (["tiny"] if quick else ["3M", "23.6M"])
+    bad = [s for s in shapes if s not in NEW_TOKENS]
+    if bad:
+        raise ValueError(f"step_bench shapes {bad} unknown; choose from {sorted(NEW_TOKENS)}")
+    steps = steps or (3 if quick else 4)
+    if steps < 2:
+        raise ValueError(f"steps={steps}: need >= 2 (step 1 is compile / warm-up)")
+    peak = common.matmul_peak(reps=3 if quick else 5)
+    out = {"matmul_peak_gflop_per_s": round(peak / 1e9, 1), "cases": []}
+    for shape in shapes:
+        n = steps if shape != "23.6M" or quick else max(3, steps - 1)  # TRL: ~16 s a step idle
+        out["cases"].append(bench_shape(shape, n, peak, with_trl=not quick))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny shape, 3 steps, no TRL")
+    ap.add_argument("--shapes", default=None, help="comma list of: " + ",".join(NEW_TOKENS))
+    ap.add_argument("--steps", type=int, default=None, help="steps per side (first is warm-up)")
+    ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    ap.add_argument("--model-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--new-tokens", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        res = WORKERS[a.worker](a.model_dir, a.new_tokens, a.steps, a.seed)
+        print(json.dumps(res))
+        return
+    shapes = a.shapes.split(",") if a.shapes else None
+    print(json.dumps(run(a.quick, shapes, a.steps), indent=2))
+
+
+if __name__ == "__main__":
+    main()
