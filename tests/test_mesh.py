@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 from gbmpo_jax import divergences, lora, mesh, models, presets, sampling
 from gbmpo_jax.config import MeshCfg
 from gbmpo_jax.optim import OptimConfig, make_optimizer
-from gbmpo_jax.train_step import StepConfig, init_state, make_update
+from gbmpo_jax.train_step import StepConfig, init_state, make_compute_logprobs, make_update
 
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
 # CI (2 loaded cores) runs the mesh that uses every axis; the others with `pytest -m slow`.
@@ -86,6 +86,15 @@ def test_train_step_matches_one_device(full, shape):
     assert_close(jax.device_get(new.opt_state), ref_state.opt_state)
     assert_close(jax.device_get(metrics), ref_m, atol=1e-4)
     assert int(new.step) == 1
+    if shape == (2, 2, 2):  # the log-prob pass, sharded, on the updated state
+        t = batch["completion_mask"].shape[1]
+        lp_fn = make_compute_logprobs(lambda p, i, a: models.apply(
+            p, mc, i, models.positions_from_mask(a), a)[0], StepConfig(micro_batches=2))  # fmt: skip
+        want = lp_fn(jax.device_put(ref_state, jax.devices()[0]), batch["input_ids"],
+                     batch["attention_mask"], t)  # fmt: skip
+        got = mesh.jit_logprobs(lp_fn, sh, m)(new, batch["input_ids"], batch["attention_mask"], t)
+        assert got[0].sharding.spec == P(("data", "fsdp"), None)
+        assert_close(jax.device_get(got), jax.device_get(want))
 
 
 @pytest.mark.parametrize("step", [False, pytest.param(True, marks=pytest.mark.slow)])
@@ -122,13 +131,19 @@ def test_rollout_matches_one_device(shape):
     ref = jax.device_get(sampling.generate(model, ids, am, key, sc))
     m = make_mesh(shape)
     params_sh = mesh.param_shardings(mc, m)
-    gen = mesh.jit_rollout(m, params_sh, sc)
-    out = gen(models.Model(mc, jax.device_put(model.params, params_sh)), ids, am, key)
+    gen = mesh.jit_rollout(m, params_sh)  # drop-in for sampling.generate
+    out = gen(models.Model(mc, jax.device_put(model.params, params_sh)), ids, am, key, sc)
     assert out.tokens.sharding.spec == P(("data", "fsdp"), None)
     out = jax.device_get(out)
     np.testing.assert_array_equal(out.tokens, ref.tokens, err_msg=str(shape))
     np.testing.assert_array_equal(out.mask, ref.mask)
     np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-5)
+    if shape == (8, 1, 1):  # 4 prompts on 8 devices: prompts replicated, 8 output rows split
+        ref4 = jax.device_get(sampling.generate(model, ids[:4], am[:4], key, sc))
+        out4 = gen(models.Model(mc, jax.device_put(model.params, params_sh)), ids[:4], am[:4],
+                   key, sc)  # fmt: skip
+        assert out4.tokens.sharding.spec == P(("data", "fsdp"), None)
+        np.testing.assert_array_equal(jax.device_get(out4.tokens), ref4.tokens)
 
 
 def test_param_bytes_shrink_with_fsdp():

@@ -334,28 +334,40 @@ def jit_logprobs(logprobs_fn, state_sh, mesh: Mesh):
     )
 
 
-def jit_rollout(mesh: Mesh, params_sh, config: sampling.SamplingConfig):
-    """`rollout(model, prompt_ids [B,P], prompt_mask [B,P], key) -> Rollout` jitted with the
-    params at `params_sh`, prompt and output rows over ("data", "fsdp"). B must divide by
-    data x fsdp; the N = B x G output rows (b-major) stay on the prompt's devices."""
-    rows2, rows1 = batch_sharding(mesh, 2), batch_sharding(mesh, 1)
-    out_sh = sampling.Rollout(
-        tokens=rows2, mask=rows2, lengths=rows1, truncated=rows1, logprobs=rows2,
-        prompt_ids=rows2, prompt_mask=rows2,
-    )  # fmt: skip
+def jit_rollout(mesh: Mesh, params_sh):
+    """A drop-in for `sampling.generate(model, prompt_ids [B,P], prompt_mask [B,P], key,
+    config) -> Rollout` that runs `sampling.rollout` jitted with the params at `params_sh`
+    and rows over ("data", "fsdp"). Prompts are row-sharded when B divides by data x fsdp,
+    else replicated (each device prefills all prompts; logged once); the N = B x G output rows
+    are row-sharded when N divides, else replicated. One compilation per (model config,
+    sampling config, B, P)."""
+    k = num_row_shards(mesh)
     jitted: dict = {}
 
-    def generate(model, prompt_ids, prompt_mask, key):
-        check_rows(np.shape(prompt_ids)[0], mesh, "prompt batch")
-        mc = model.config
-        if mc not in jitted:
-            model_sh = models.Model(mc, params_sh)
-            jitted[mc] = jax.jit(
-                lambda m, i, a, k: sampling.rollout(m, i, a, k, config),
-                in_shardings=(model_sh, rows2, rows2, replicated(mesh)),
+    def rows(n, ndim):
+        return batch_sharding(mesh, ndim) if n % k == 0 else replicated(mesh)
+
+    def generate(model, prompt_ids, prompt_mask, key, config: sampling.SamplingConfig):
+        b, p = np.shape(prompt_ids)
+        sig = (model.config, config, b, p)
+        if sig not in jitted:
+            n = b * config.group_size
+            if b % k:
+                log.warning("rollout: %d prompts do not split over %d devices; replicated", b, k)
+            r2, r1 = rows(n, 2), rows(n, 1)
+            out_sh = sampling.Rollout(
+                tokens=r2, mask=r2, lengths=r1, truncated=r1, logprobs=r2,
+                prompt_ids=r2, prompt_mask=r2,
+            )  # fmt: skip
+            jitted[sig] = jax.jit(
+                lambda m, i, a, key: sampling.rollout(m, i, a, key, config),
+                in_shardings=(
+                    models.Model(model.config, params_sh), rows(b, 2), rows(b, 2),
+                    replicated(mesh),
+                ),
                 out_shardings=out_sh,
-            )
-        return jitted[mc](model, prompt_ids, prompt_mask, key)
+            )  # fmt: skip
+        return jitted[sig](model, prompt_ids, prompt_mask, key)
 
     return generate
 
