@@ -137,6 +137,27 @@ def test_arithmetic_short_answer_option():
         data.load_split("arithmetic", "train", options={"answer": "steps"})
 
 
+def test_arithmetic_terse_prompt_fits_32_char_tokens():
+    from gbmpo_jax import char_tokenizer
+
+    tok = char_tokenizer.make()
+    opts = {"digits": "1", "operands": "3", "size": "50", "style": "terse"}
+    exs = data.load_split("arithmetic", "validation", options=opts)
+    bare = data.load_split("arithmetic", "validation", options={**opts, "style": "bare"})
+    for ex, b in zip(exs, bare, strict=True):
+        expr = b.prompt[0]["content"].removeprefix("What is ").removesuffix("?")
+        assert ex.prompt == [{"role": "user", "content": f"{expr} ="}]
+        assert int(ex.answer) == eval(expr)
+        ids = tok.apply_chat_template(
+            ex.prompt, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        assert len(ids) <= 32
+    with pytest.raises(ValueError, match="'tutor', 'bare' or 'terse'"):
+        data.load_split("arithmetic", "validation", options={**opts, "style": "short"})
+    with pytest.raises(ValueError, match="terse style needs"):
+        prompts.arithmetic_messages("Compute 3 + 4", "terse")
+
+
 @pytest.mark.skipif(sandbox.bwrap_path() is None, reason="bubblewrap not installed")
 def test_code_task_rewards_binary_and_partial(mbpp_file):
     ex = data.load_split("mbpp_sanitized", "prompt", source=mbpp_file)[0]

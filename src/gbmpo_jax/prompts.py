@@ -36,12 +36,18 @@ def gsm8k_messages(question: str) -> Messages:
 def arithmetic_messages(question: str, style: str = "tutor") -> Messages:
     """``tutor``: the GSM8K prompt, so skills transfer both ways (real models). ``bare``: the
     question alone as the user turn, for character-level tiny models where a 90-character
-    system prompt would triple the sequence length of the CPU demo."""
+    system prompt would triple the sequence length of the CPU demo. ``terse``: only the
+    expression and ``=`` (``"What is 3 + 4?"`` -> ``"3 + 4 ="``), so that a chat-templated
+    3-operand single-digit prompt fits 32 character tokens (the next shorter padding bucket)."""
     if style == "tutor":
         return gsm8k_messages(question)
     if style == "bare":
         return [{"role": "user", "content": question}]
-    raise ValueError(f"arithmetic prompt style {style!r}: use 'tutor' or 'bare'")
+    if style == "terse":
+        if not (question.startswith("What is ") and question.endswith("?")):
+            raise ValueError(f"terse style needs a 'What is <expr>?' question, got {question!r}")
+        return [{"role": "user", "content": question[len("What is ") : -1] + " ="}]
+    raise ValueError(f"arithmetic prompt style {style!r}: use 'tutor', 'bare' or 'terse'")
 
 
 def mbpp_messages(text: str, tests: Sequence[str]) -> Messages:
