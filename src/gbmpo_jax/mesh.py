@@ -191,16 +191,23 @@ def param_shardings(model_config, mesh: Mesh, rules: Mapping | None = None) -> d
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
 
 
+def _structs(model_config) -> dict:
+    from gbmpo_jax.models import transformer
+
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s, np.float32),
+        transformer.param_shapes(model_config),
+        is_leaf=lambda x: isinstance(x, tuple),
+    )
+
+
 def lora_names(model_config, lora_cfg: lora_lib.LoraConfig) -> dict:
     """Logical axes of the LoRA adapter pytree: A [*batch, in, r] takes the base's batch and
     (single) input name; B [*batch, r, out] takes the outermost output name (a flattened
     (heads, head_dim) split on heads is the same contiguous blocks). Rank axes: None."""
-    from gbmpo_jax.models import transformer
-
     base_names = lora_lib._flatten(models.logical_axes(model_config))
-    base_shapes = lora_lib._flatten(transformer.param_shapes(model_config))
     out: dict = {}
-    for path, (nb, ni, _) in lora_lib.targets(_Shaped.tree(base_shapes), lora_cfg).items():
+    for path, (nb, ni, _) in lora_lib.targets(_structs(model_config), lora_cfg).items():
         n = base_names[path]
         a_in = n[nb] if ni == 1 else None
         lora_lib._set_path(out, path + ("lora_a",), (*n[:nb], a_in, None))
@@ -208,54 +215,27 @@ def lora_names(model_config, lora_cfg: lora_lib.LoraConfig) -> dict:
     return out
 
 
-class _Shaped:
-    """Stand-in leaf with a `.shape` (lora.targets only reads shapes)."""
-
-    def __init__(self, shape):
-        self.shape = shape
-
-    @staticmethod
-    def tree(flat: dict) -> dict:
-        out: dict = {}
-        for path, shape in flat.items():
-            lora_lib._set_path(out, path, _Shaped(shape))
-        return out
-
-
-def _specs_from_names(names_tree, arrays, mesh, rules):
-    flat = {
-        _keys(p): n
-        for p, n in jax.tree.flatten_with_path(names_tree, is_leaf=lambda x: isinstance(x, tuple))[
-            0
-        ]
-    }
-    return {
-        k: spec_for(n, _shape_of(arrays, k), mesh, rules, "/".join(map(str, k)))
-        for k, n in flat.items()
-    }
-
-
-def _shape_of(tree, keys):
-    node = tree
-    for k in keys:
-        node = node[k]
-    return tuple(node.shape)
+def _flat_specs(names, shapes, mesh, rules) -> dict[tuple, tuple[tuple, P]]:
+    """{key path: (shape, spec)} from a names pytree and a same-structure shapes pytree."""
+    is_names = lambda x: isinstance(x, tuple)  # noqa: E731
+    flat = jax.tree.flatten_with_path(names, is_leaf=is_names)[0]
+    out = {}
+    for (p, n), s in zip(flat, jax.tree.leaves(shapes), strict=True):
+        k = _keys(p)
+        out[k] = (tuple(s.shape), spec_for(n, s.shape, mesh, rules, "/".join(map(str, k))))
+    return out
 
 
 def state_shardings(state, model_config, mesh: Mesh, rules=None, lora_cfg=None):
-    """NamedSharding pytree for a `train_step.TrainState` (or any pytree holding the params,
-    adapters and optimizer state): a leaf whose key path ends with a parameter's (or
-    adapter's) path and has its shape gets that placement; every other leaf is replicated."""
-    table: dict[tuple, tuple[tuple, P]] = {}
-    base = getattr(state, "frozen", None) or getattr(state, "params", None)
-    specs = param_specs(model_config, mesh, rules)
-    for p, s in jax.tree.flatten_with_path(specs, is_leaf=lambda x: isinstance(x, P))[0]:
-        table[_keys(p)] = (_shape_of(base, _keys(p)), s)
+    """NamedSharding pytree for a `train_step.TrainState` (or any pytree holding params,
+    adapters and optimizer state): a leaf whose key path ends with a parameter's (or, given
+    `lora_cfg`, an adapter's) path and has its shape gets that placement; every other leaf
+    (step counters, divergence params, scalars) is replicated."""
+    base = _structs(model_config)
+    table = _flat_specs(models.logical_axes(model_config), base, mesh, rules)
     if lora_cfg is not None:
-        for k, s in _specs_from_names(
-            lora_names(model_config, lora_cfg), state.params, mesh, rules
-        ).items():
-            table[k] = (_shape_of(state.params, k), s)
+        adapters = jax.eval_shape(lambda: lora_lib.init(jax.random.key(0), base, lora_cfg))
+        table.update(_flat_specs(lora_names(model_config, lora_cfg), adapters, mesh, rules))
     suffixes = sorted(table, key=len, reverse=True)
 
     def pick(path, leaf):
