@@ -76,7 +76,7 @@ def mirror_adapter() -> MirrorAdapter:
             raise ValueError(f"mirror params flatten to {flat.shape}, need ({DIM},)")
         return jnp.asarray(_softplus_inv(flat))
 
-    return MirrorAdapter(to_params, from_params)
+    return MirrorAdapter(jax.jit(to_params), from_params)
 
 
 # ------------------------------------------------------------------------ strategy interface

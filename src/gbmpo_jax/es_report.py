@@ -32,8 +32,10 @@ def save_mirror(path, params: dict) -> pathlib.Path:
 
 def slope(params: dict, y: np.ndarray) -> np.ndarray:
     """h'(y) by autodiff of the direct-form potential (float32)."""
-    g = jax.vmap(jax.grad(lambda t: mirror_potential(t, params)))
-    return np.asarray(g(jnp.asarray(y, jnp.float32)))
+    return np.asarray(_slope(jnp.asarray(y, jnp.float32), params))
+
+
+_slope = jax.jit(jax.vmap(jax.grad(mirror_potential), in_axes=(0, None)))
 
 
 def plot_curve(history: list[dict], out) -> pathlib.Path:
