@@ -137,6 +137,22 @@ def test_arithmetic_short_answer_option():
         data.load_split("arithmetic", "train", options={"answer": "steps"})
 
 
+def test_arithmetic_last_digits_and_default_size_capped():
+    opts = {"digits": "2", "last_digits": "1", "style": "bare"}
+    splits = {s: data.load_split("arithmetic", s, options=opts) for s in ("train", "validation")}
+    data.check_disjoint(**splits)
+    n_all = 90 * 10 * 2  # a in 10..99, b in 0..9, + or -
+    assert len(splits["validation"]) < 200 and len(splits["train"]) < 2000
+    assert sum(map(len, splits.values())) < n_all
+    for ex in splits["validation"]:
+        a, op, b = ex.prompt[0]["content"].removeprefix("What is ").rstrip("?").split()
+        assert 10 <= int(a) <= 99 and 0 <= int(b) <= 9 and op in "+-"
+    with pytest.raises(ValueError, match="distinct"):  # an explicit size is never capped
+        data.load_split("arithmetic", "validation", options={**opts, "size": "190"})
+    with pytest.raises(ValueError, match="last_digits"):
+        data.load_split("arithmetic", "train", options={"last_digits": "-1"})
+
+
 def test_arithmetic_terse_prompt_fits_32_char_tokens():
     from gbmpo_jax import char_tokenizer
 

@@ -262,6 +262,9 @@ def _load_arithmetic(split: str, source: str, opts: dict) -> list[Example]:
     ``answer`` is the gold completion (the SFT target of tiny-model warm-ups): ``worked``
     = ``"37 + 48 = 85\n#### 85"``, ``short`` = ``"#### 85"`` (3x fewer completion tokens for
     character-level CPU demos; the reward reads either through the ``####`` rule).
+    ``last_digits`` (0 = ``digits``) sizes the final operand alone: digits=2, last_digits=1
+    gives "What is 37 + 8?" (1,800 distinct problems with ``+-``). ``size`` 0 = 2,000 train /
+    200 other problems, or every distinct problem of the split when fewer exist.
     """
     digits, n_ops, ops = opts["digits"], opts["operands"], opts["operations"]
     if opts["answer"] not in ("worked", "short"):
@@ -273,11 +276,19 @@ def _load_arithmetic(split: str, source: str, opts: dict) -> list[Example]:
         )
     split = "train" if split == "inner_train" else split
     size = opts["size"] if opts["size"] > 0 else (2000 if split == "train" else 200)
-    rng = random.Random(f"{opts['seed']}/{digits}/{n_ops}/{ops}")
-    lo, hi = (0 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
+    tag = "" if opts["last_digits"] in (0, digits) else f"/{opts['last_digits']}"
+    rng = random.Random(f"{opts['seed']}/{digits}/{n_ops}/{ops}{tag}")
+    last = opts["last_digits"] or digits
+    if last < 1:
+        raise ValueError(f"arithmetic option last_digits={last}: use 0 (= digits) or >= 1")
+
+    def bounds(d: int) -> tuple[int, int]:
+        return (0 if d == 1 else 10 ** (d - 1)), 10**d - 1
+
     seen, out = set(), []
     for _ in range(200 * size):
-        nums = [rng.randint(lo, hi) for _ in range(n_ops)]
+        nums = [rng.randint(*bounds(digits)) for _ in range(n_ops - 1)]
+        nums.append(rng.randint(*bounds(last)))
         expr = str(nums[0]) + "".join(f" {rng.choice(ops)} {n}" for n in nums[1:])
         bucket = int(hashlib.blake2b(expr.encode(), digest_size=8).hexdigest(), 16) % 10
         home = "test" if bucket == 0 else "validation" if bucket == 1 else "train"
@@ -295,6 +306,8 @@ def _load_arithmetic(split: str, source: str, opts: dict) -> list[Example]:
         ))  # fmt: skip
         if len(out) == size:
             return out
+    if opts["size"] == 0 and out:  # the default size, capped at the distinct problems found
+        return out
     raise ValueError(
         f"only {len(out)} distinct {split} problems with digits={digits}, operands={n_ops}, "
         f"operations={ops!r}: lower task option size or raise digits/operands"
@@ -393,6 +406,7 @@ _ARITH = {
     "seed": 0,
     "style": "tutor",
     "answer": "worked",
+    "last_digits": 0,
 }
 _CODE_SPLITS = ("train", "inner_train", "validation", "test", "prompt")
 
