@@ -1,0 +1,99 @@
+"""One ES inner step for a population of P=8 mirror maps: `vmap` (one program for all
+members) against 8 sequential members (the same program with a member axis of 1).
+
+Model: the CPU demo's (arith_es_meta: Qwen2-shaped, hidden 128, 4 layers, char tokenizer,
+4 prompts x G=8, 16 new tokens) without its warm-up; quick: the tiny shape (hidden 32,
+2 layers), 2 prompts x G=4, 8 new tokens. One inner step = vmapped rollout + host decode and
+rewards + vmapped update (`population.make_programs(...).inner_step`). Compile is excluded
+(each program is called once first); reported: best and median of interleaved repeats, the
+speed-up sequential / vmap, and compile + first-call seconds. On a shared CPU compare the
+ratio, not the absolute seconds.
+
+Usage: ``python -m bench.es_bench [--quick]`` prints JSON; a harness calls `run(quick)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import jax  # noqa: E402
+
+from gbmpo_jax import config as C  # noqa: E402
+from gbmpo_jax import episodes, es, meta, policy, population  # noqa: E402
+
+P = 8
+
+
+def _setup(quick: bool):
+    cfg, _ = meta.load("arith_es_meta")
+    ov = {"warmup.steps": 0, "objective.mask_truncated_completions": False}
+    if quick:
+        ov.update({"model.random_shape": "tiny", "rollout.prompts_per_step": 2,
+                   "rollout.group_size": 4, "rollout.max_new_tokens": 8})  # fmt: skip
+    cfg = C.validate(C.override(cfg, **ov))
+    model, tok = policy.load_model_and_tokenizer(cfg)
+    obj = policy.build_objective(cfg, model.config, tok)
+    td = episodes.TrainData.from_config(cfg, tok)
+    progs = population.make_programs(cfg, model, tok, obj, td)
+    ad = es.mirror_adapter()
+    z0 = ad.from_params(jax.device_get(obj.div_params))
+    params = ad.to_params(z0 + 0.3 * jax.random.normal(jax.random.key(0), (P, es.DIM)))
+    return cfg, progs, params
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run(quick: bool) -> dict:
+    cfg, progs, params = _setup(quick)
+    pop = {"s": progs.init_members(params)}
+    singles = [progs.init_members(jax.tree.map(lambda x, i=i: x[i : i + 1], params))
+               for i in range(P)]  # fmt: skip
+
+    def vmap_step():
+        pop["s"], m = progs.inner_step(pop["s"], 1)
+
+    def seq_step():
+        for i in range(P):
+            singles[i], _ = progs.inner_step(singles[i], 1)
+
+    first_vmap = _timed(vmap_step)
+    first_seq = _timed(seq_step)
+    tv, ts = [], []
+    for _ in range(3 if quick else 5):
+        tv.append(_timed(vmap_step))
+        ts.append(_timed(seq_step))
+    return {
+        "population": P,
+        "model": cfg.model.random_shape,
+        "rows_per_member": cfg.rollout.prompts_per_step * cfg.rollout.group_size,
+        "max_new_tokens": cfg.rollout.max_new_tokens,
+        "cpu_count": os.cpu_count(),
+        "devices": str(jax.devices()[0].platform),
+        "vmap_step_s_best": min(tv),
+        "vmap_step_s_median": statistics.median(tv),
+        "sequential_step_s_best": min(ts),
+        "sequential_step_s_median": statistics.median(ts),
+        "speedup_best": min(ts) / min(tv),
+        "speedup_median": statistics.median(ts) / statistics.median(tv),
+        "first_call_s": {"vmap": first_vmap, "sequential": first_seq},
+    }
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    print(json.dumps(run(ap.parse_args(argv).quick), indent=2))
+
+
+if __name__ == "__main__":
+    main()
