@@ -52,8 +52,15 @@ def run_section(name: str, quick: bool) -> dict:
     except ModuleNotFoundError as e:
         if name in OPTIONAL and e.name == f"bench.{name}_bench":
             return {"status": "missing", "wall_s": 0.0, "error": f"bench/{name}_bench.py absent"}
-        raise
+        if name in SECTIONS and e.name == f"bench.{name}_bench":
+            raise  # a required section module is gone: the harness itself is broken
+        mod = None
+        failure = e
+    except Exception as e:  # noqa: BLE001 - a section that does not import is that section's error
+        mod, failure = None, e
     try:
+        if mod is None:
+            raise failure
         result = mod.run(quick)
     except Exception as e:  # noqa: BLE001 - a failed section is reported, the others still run
         traceback.print_exc(file=sys.stderr)
@@ -102,6 +109,8 @@ def summarize(sections: dict) -> dict:
         out["reward_all_passed"] = rew["code_pool"]["all_passed"]
     es = sections.get("es", {})
     out["es_status"] = es.get("status", "not run")
+    if es.get("result"):
+        out["es_vmap_speedup_vs_sequential"] = es["result"].get("speedup_best")
     return out
 
 
@@ -133,6 +142,7 @@ def log_row(doc: dict) -> str:
         "-" if upd is None else f"{upd:.0%}",
         roll_txt,
         f"{s.get('reward_programs_per_s', '-')}",
+        f"{s.get('es_vmap_speedup_vs_sequential') or '-'}",
         f"{doc['peak_rss_mb']['self']:.0f} / {doc['peak_rss_mb']['children']:.0f}",
         ", ".join(f"{k}: {v}" for k, v in status.items()) or "ok",
     ]

@@ -11,7 +11,8 @@ reference log-probs (beta = 0.04), then one dr_grpo update (AdamW, lr 1e-6, clip
         forward) -> advantages -> make_update. Each phase is timed after block_until_ready.
   TRL   GRPOTrainer.train(max_steps = N), step times from a TrainerCallback (on_step_end to
         on_step_end); a WordLevel tokenizer over the 64 ids built in code, plain-text prompts,
-        a dummy reward (count of one symbol), generation_kwargs min_new_tokens = max.
+        a dummy reward (count of one symbol), generation_kwargs min_new_tokens = max, fp32, and
+        gradient checkpointing off (TRL defaults to on: an extra forward we do not do).
 
 Each side runs in its own subprocess so that its peak RSS is its own. Step 1 (compile /
 warm-up) is reported apart; steady state = steps 2..N as median, min, max, spread. Per phase:
@@ -190,6 +191,7 @@ def trl_worker(model_dir: str, new_tokens: int, steps: int, seed: int) -> dict:
             max_completion_length=new_tokens, beta=BETA, loss_type="dr_grpo",
             scale_rewards="none", temperature=1.0, top_p=1.0, top_k=0,
             mask_truncated_completions=False, max_grad_norm=1.0,
+            gradient_checkpointing=False,  # TRL's default True recomputes the forward
             generation_kwargs={"min_new_tokens": new_tokens},
         )  # fmt: skip
         trainer = GRPOTrainer(
