@@ -115,7 +115,9 @@ def test_compare_runs_four_arms_over_seeds_on_test(monkeypatch, tmp_path):
     rows = meta.compare(cfg, mcfg, tmp_path / "m.npz", 2, tmp_path, log=lambda *_: None)
     assert len(seen) == 8 and all(c.task.eval_split == "test" for c in seen)
     assert [c.objective.coef for c in seen[:4:2]] == [0.04, 0.1]
-    assert seen[4].objective.mirror_init == "random" and not seen[4].objective.mirror_params_path
+    assert seen[4].objective.divergence == "neural_mirror"
+    assert seen[4].objective.mirror_init == cfg.objective.mirror_init
+    assert not seen[4].objective.mirror_params_path
     assert seen[6].objective.mirror_params_path == str(tmp_path / "m.npz")
     by = {r["method"]: r for r in rows}
     assert by["neural mirror (ES)"]["acc_mean"] == pytest.approx(0.405)

@@ -244,27 +244,30 @@ def _check_same(saved: dict, now: dict) -> None:
 
 
 def compare(cfg, mcfg, mirror_path, seeds: int, workdir, *, log=print) -> list[dict]:
-    """KL, ProbL2, random neural mirror and the ES map, each over ``seeds`` seeds with
-    `train.run`, scored on task.eval_split=test (final evaluation, never used by ES)."""
+    """KL, ProbL2, the neural mirror at its initial map (objective.mirror_init: the paper's
+    random-init arm and the ES starting point) and the ES map, each over ``seeds`` seeds
+    (run.seed, +1, ...) with `train.run`, scored on task.eval_split=test (never used by ES).
+    Training length is the config's run.steps (the inner T unless overridden on the command
+    line, e.g. run.steps=1600)."""
     from gbmpo_jax import train
 
     base = config_lib.override(cfg, **{"task.eval_split": "test", "run.export": False})
-    arms = {
-        "Dr. GRPO (KL)": {"objective.divergence": "kl", "objective.coef": mcfg.compare_kl_coef},
-        "ProbL2": {"objective.divergence": "prob_l2",
-                   "objective.coef": mcfg.compare_probl2_coef},
-        "neural mirror (random)": {"objective.divergence": "neural_mirror",
-                                   "objective.mirror_init": "random",
-                                   "objective.mirror_params_path": ""},
-        "neural mirror (ES)": {"objective.divergence": "neural_mirror",
-                               "objective.mirror_params_path": str(mirror_path)},
+    arms = {  # slug -> (table label, overrides)
+        "kl": ("Dr. GRPO (KL)", {"objective.divergence": "kl",
+                                 "objective.coef": mcfg.compare_kl_coef}),
+        "prob_l2": ("ProbL2", {"objective.divergence": "prob_l2",
+                               "objective.coef": mcfg.compare_probl2_coef}),
+        "mirror_init": ("neural mirror (random init)", {"objective.divergence": "neural_mirror",
+                                                        "objective.mirror_params_path": ""}),
+        "mirror_es": ("neural mirror (ES)", {"objective.divergence": "neural_mirror",
+                                             "objective.mirror_params_path": str(mirror_path)}),
     }  # fmt: skip
     rows = []
-    for arm, ov in arms.items():
+    for slug, (arm, ov) in arms.items():
         accs, lens = [], []
         for s in range(seeds):
             c = config_lib.override(base, **ov, **{"run.seed": cfg.run.seed + s})
-            wd = pathlib.Path(workdir) / "compare" / f"{arm.split()[0].lower()}_{len(rows)}_s{s}"
+            wd = pathlib.Path(workdir) / "compare" / f"{slug}_seed{c.run.seed}"
             out = train.run(c, wd, log=log)["last_eval"]
             accs.append(out["eval/accuracy"])
             lens.append(out["eval/mean_completion_chars"])
