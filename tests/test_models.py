@@ -185,6 +185,37 @@ def test_kv_cache_prefill_then_decode_matches_full_forward(hf_case):
         assert _max_diff(got, full, full_mask) <= 1e-5, (name, chunk)
 
 
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen3"])
+def test_unstacked_decode_layout_matches_full_forward(model_type):
+    """unstack_layers/unstack_cache (the rollout's decode layout) give the full-forward logits,
+    write the new slots in place, and refuse to mix with the stacked layout."""
+    from gbmpo_jax.models import transformer
+
+    cfg = models.ModelConfig(model_type, VOCAB, 32, 48, 2, 4, 2, 8, tie_word_embeddings=True)
+    model = models.init_model(cfg, jax.random.key(4))
+    P, N = 4, 3
+    ids, mask = _batch(np.random.default_rng(8), [4, 2], P + N)
+    mask[:, P:] = 1
+    full = models.forward(model, ids, mask)
+    pos = np.asarray(models.positions_from_mask(mask))
+    slots = np.zeros((2, P + N), np.int32)
+    slots[:, :P] = mask[:, :P]
+    cache = models.init_cache(cfg, 2, P + N)
+    logits, cache = _APPLY(model.params, cfg, ids[:, :P], pos[:, :P], slots, cache, 0)
+    params = transformer.unstack_layers(model.params)
+    cache = transformer.unstack_cache(cache)
+    assert len(cache["k"]) == 2 and cache["k"][0].shape == (2, 2, P + N, 8)
+    got = [logits]
+    for t in range(P, P + N):
+        slots[:, t] = 1
+        logits, cache = _APPLY(params, cfg, ids[:, t : t + 1], pos[:, t : t + 1], slots, cache, t)
+        got.append(logits)
+    assert _max_diff(jnp.concatenate(got, 1), full, mask) <= 1e-5
+    assert float(jnp.abs(cache["v"][1][:, :, P + N - 1]).max()) > 0  # last slot written
+    with pytest.raises(ValueError, match="unstack_cache"):
+        models.apply(params, cfg, ids, pos, mask, models.init_cache(cfg, 2, P + N), 0)
+
+
 def test_bfloat16_cache_with_float32_compute():
     cfg = models.ModelConfig("llama", VOCAB, 32, 48, 2, 4, 2, 8)
     model = models.init_model(cfg, jax.random.key(3))

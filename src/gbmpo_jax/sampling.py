@@ -43,6 +43,7 @@ from jax import lax
 from gbmpo_jax import logit_processors as lp
 from gbmpo_jax import models
 from gbmpo_jax.models.config import canonical_dtype
+from gbmpo_jax.models.transformer import unstack_cache, unstack_layers
 
 END_OF_TURN_TOKENS: tuple[str, ...] = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 
@@ -217,6 +218,10 @@ def rollout(model, prompt_ids, prompt_mask, key, config: SamplingConfig) -> Roll
         return jnp.repeat(x, G, axis=axis) if G > 1 else x
 
     cache = jax.tree.map(lambda a: rep(a, axis=1), cache)  # k/v [L,B,S,Hkv,D]
+    # decode layout: per-layer weights and head-major [N,Hkv,S,D] cache buffers (no per-step
+    # weight copies out of the stacked arrays, no cache transposes; see unstack_layers)
+    cache = unstack_cache(cache)
+    decode_params = unstack_layers(model.params)
     logits, attn = rep(logits[:, -1]), rep(attn)
     next_pos = rep(positions[:, -1] + 1)
     seen = None
@@ -252,7 +257,7 @@ def rollout(model, prompt_ids, prompt_mask, key, config: SamplingConfig) -> Roll
         prev = lax.dynamic_slice_in_dim(s["tokens"], t - 1, 1, axis=1)  # [N,1]
         attn = lax.dynamic_update_slice_in_dim(s["attn"], jnp.ones((N, 1), jnp.int32), slot, 1)
         logits, cache = models.apply(
-            model.params, c, prev, s["pos"][:, None], attn, s["cache"], slot
+            decode_params, c, prev, s["pos"][:, None], attn, s["cache"], slot
         )
         tok, logp, seen, done = pick(logits[:, 0], s["seen"], s["done"], t)
         return dict(
