@@ -14,11 +14,19 @@ from gbmpo_jax import checkpoint, experiment, metrics, train
 from gbmpo_jax import config as C
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+ONE_DEVICE = {"mesh.num_devices": 1}
 
 
 @pytest.mark.parametrize("name", experiment.names())
 def test_smoke_variant_trains_two_steps(name, tmp_path):
-    cfg = experiment.load(name + ":smoke")
+    # One device keeps compiles cheap; `default` also runs on a (data=2, fsdp=2) mesh of the
+    # simulated CPU devices, so the sharded rollout / update path runs end to end too.
+    mesh = (
+        {"mesh.num_devices": 4, "mesh.data": 2, "mesh.fsdp": 2}
+        if name == "default"
+        else {"mesh.num_devices": 1}
+    )
+    cfg = C.override(experiment.load(name + ":smoke"), **mesh)
     summary = train.run(cfg, tmp_path, log=lambda *_: None)
     assert summary["step"] == 2
     recs = metrics.read_jsonl(tmp_path / "metrics.jsonl")
@@ -93,7 +101,9 @@ def test_sigterm_and_sigkill_resume_is_bit_identical(tmp_path):
 
 
 def test_resume_refuses_a_different_config(tmp_path):
-    cfg = C.override(experiment.load("default:smoke"), **{"run.steps": 1, "run.export": False})
+    cfg = C.override(
+        experiment.load("default:smoke"), **{"run.steps": 1, "run.export": False, **ONE_DEVICE}
+    )
     train.run(cfg, tmp_path, log=lambda *_: None)
     other = C.override(cfg, **{"optim.lr": 0.5, "objective.coef": 0.2})
     with pytest.raises(checkpoint.CheckpointMismatchError, match=r"objective\.coef.*\n.*optim\.lr"):

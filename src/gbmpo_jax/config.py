@@ -117,6 +117,7 @@ class MeshCfg:
     fsdp: int = 1
     tensor: int = 1
     pop: int = 1  # ES population axis (meta.py); 1 for plain training
+    num_devices: int = -1  # devices the mesh spans: -1 = all (global) devices
     # multi-host: "" = single process, "auto" = jax.distributed.initialize() from the
     # environment (TPU VMs, Slurm), or "HOST:PORT" with num_processes / process_id below
     coordinator: str = ""
@@ -328,6 +329,11 @@ def validate(cfg: Config) -> Config:
     for axis in ("data", "fsdp", "tensor", "pop"):
         n = getattr(cfg.mesh, axis)
         _check(n == -1 or n >= 1, f"mesh.{axis}", "must be >= 1, or -1 for the remaining devices")
+    _check(
+        cfg.mesh.num_devices == -1 or cfg.mesh.num_devices >= 1,
+        "mesh.num_devices",
+        "must be >= 1, or -1 for all devices",
+    )
     _check(
         [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, cfg.mesh.pop].count(-1) <= 1,
         "mesh",

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gbmpo_jax import data, sampling
@@ -102,34 +103,68 @@ def encode_prompts(tokenizer, conversations, max_prompt_len: int, pad_id: int):
 
 
 class Episode(NamedTuple):
-    examples: list  # [N] the example of each row (each prompt repeated G times)
-    texts: list[str]  # [N] decoded completions without special tokens
-    lengths: np.ndarray  # [N]
-    truncated: np.ndarray  # [N] bool
-    batch: dict  # DESIGN.md training batch (without log-probs and advantages)
+    examples: list  # this host's rows: the example of each row (prompts repeated G times)
+    texts: list[str]  # this host's rows: decoded completions without special tokens
+    lengths: np.ndarray  # [n_local]
+    truncated: np.ndarray  # [n_local] bool
+    batch: dict  # DESIGN.md training batch over all N rows (device arrays, row-sharded)
     num_completion_tokens: int  # T
+    rows: tuple[int, int]  # [start, stop) of this host's rows among the N
 
 
-def rollout(model, tokenizer, examples, sampling_cfg, key, max_prompt_len: int) -> Episode:
+def _global_prompts(ids, mask, mesh):
+    """Prompts as global arrays laid out as `mesh.jit_rollout` expects them (multi-host)."""
+    from gbmpo_jax import mesh as mesh_lib
+
+    rows = ids.shape[0] % mesh_lib.num_row_shards(mesh) == 0
+    sh = mesh_lib.batch_sharding(mesh, 2) if rows else mesh_lib.replicated(mesh)
+    put = lambda x: jax.make_array_from_callback(x.shape, sh, lambda i: x[i])  # noqa: E731
+    return put(ids), put(mask)
+
+
+def rollout(model, tokenizer, examples, sampling_cfg, key, max_prompt_len: int, *,
+            generate=sampling.generate, mesh=None) -> Episode:  # fmt: skip
+    """G completions per example. With `mesh` and several processes, every host runs the
+    same global rollout and decodes / scores only its own rows (`Episode.rows`)."""
     ids, mask = encode_prompts(
         tokenizer, [e.prompt for e in examples], max_prompt_len, sampling_cfg.pad_token_id
     )
-    out = sampling.generate(model, ids, mask, key, sampling_cfg)
-    host = jax.device_get(out)
+    multihost = mesh is not None and jax.process_count() > 1
+    if multihost:
+        ids, mask = _global_prompts(ids, mask, mesh)
+    out = generate(model, ids, mask, key, sampling_cfg)
+    n = out.tokens.shape[0]
+    if multihost:
+        from gbmpo_jax import mesh as mesh_lib
+
+        lo, hi = mesh_lib.host_row_range(n, mesh)
+        local = {f: mesh_lib.host_local_rows(getattr(out, f))
+                 for f in ("tokens", "lengths", "truncated")}  # fmt: skip
+    else:
+        lo, hi = 0, n
+        local = jax.device_get({f: getattr(out, f) for f in ("tokens", "lengths", "truncated")})
     texts = [
-        tokenizer.decode(host.tokens[i, : host.lengths[i]].tolist(), skip_special_tokens=True)
-        for i in range(host.tokens.shape[0])
+        tokenizer.decode(
+            local["tokens"][i, : local["lengths"][i]].tolist(), skip_special_tokens=True
+        )  # fmt: skip
+        for i in range(hi - lo)
     ]
-    batch = {
-        "input_ids": np.concatenate([host.prompt_ids, host.tokens], axis=1),
-        "attention_mask": np.concatenate([host.prompt_mask, host.mask], axis=1),
-        "completion_mask": host.mask,
-        "truncated": host.truncated,
-    }
+    batch = _join(out.prompt_ids, out.tokens, out.prompt_mask, out.mask)
+    batch["truncated"] = out.truncated
     return Episode(
-        _repeat(examples, sampling_cfg.group_size), texts, host.lengths, host.truncated, batch,
-        host.tokens.shape[1],
+        _repeat(examples, sampling_cfg.group_size)[lo:hi], texts, np.asarray(local["lengths"]),
+        np.asarray(local["truncated"]), batch, out.tokens.shape[1], (lo, hi),
     )  # fmt: skip
+
+
+@jax.jit
+def _join(prompt_ids, tokens, prompt_mask, mask):
+    """The training batch on device (keeps the rollout's row sharding; no host round trip)."""
+    return {
+        "input_ids": jnp.concatenate([prompt_ids, tokens], axis=1),
+        "attention_mask": jnp.concatenate([prompt_mask, mask], axis=1),
+        "completion_mask": mask,
+    }
 
 
 def rollout_metrics(ep: Episode, rewards: np.ndarray) -> dict:
@@ -142,7 +177,8 @@ def rollout_metrics(ep: Episode, rewards: np.ndarray) -> dict:
     }
 
 
-def make_generate_fn(model, tokenizer, sampling_cfg, max_prompt_len: int, batch_size: int):
+def make_generate_fn(model, tokenizer, sampling_cfg, max_prompt_len: int, batch_size: int,
+                     generate=sampling.generate):  # fmt: skip
     """`evaluate.GenerateFn` over our sampler; short batches are padded to `batch_size` rows
     so every eval batch reuses one compiled program."""
 
@@ -156,7 +192,7 @@ def make_generate_fn(model, tokenizer, sampling_cfg, max_prompt_len: int, batch_
             "max_new_tokens": max_new_tokens,
         })  # fmt: skip
         out = jax.device_get(
-            sampling.generate(model, ids, mask, jax.random.key(0) if key is None else key, sc)
+            generate(model, ids, mask, jax.random.key(0) if key is None else key, sc)
         )
         texts = [
             tokenizer.decode(out.tokens[i, : out.lengths[i]].tolist(), skip_special_tokens=True)
@@ -168,10 +204,10 @@ def make_generate_fn(model, tokenizer, sampling_cfg, max_prompt_len: int, batch_
 
 
 def evaluate(model, tokenizer, td: TrainData, sampling_cfg, max_prompt_len: int,
-             batch_size: int = 16) -> dict:  # fmt: skip
+             batch_size: int = 16, generate=sampling.generate) -> dict:  # fmt: skip
     """Greedy accuracy on the fixed held-out subset, as `eval/*` scalars."""
     bs = min(batch_size, len(td.eval_examples))
-    gen = make_generate_fn(model, tokenizer, sampling_cfg, max_prompt_len, bs)
+    gen = make_generate_fn(model, tokenizer, sampling_cfg, max_prompt_len, bs, generate)
     s = evaluate_lib.evaluate(
         td.eval_examples, td.task, gen, greedy=True, max_new_tokens=sampling_cfg.max_new_tokens,
         batch_size=bs, reward_kwargs={k: v for k, v in td.reward_kwargs.items()},

@@ -28,17 +28,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gbmpo_jax import checkpoint, episodes, experiment, memory, metrics, models, policy, plot
+from gbmpo_jax import (
+    checkpoint,
+    distributed,
+    episodes,
+    experiment,
+    memory,
+    metrics,
+    models,
+    plot,
+    policy,
+)
 from gbmpo_jax import config as config_lib
+from gbmpo_jax import mesh as mesh_lib
 from gbmpo_jax.sft import make_sft_step
 from gbmpo_jax.train_step import (
+    check_skips,
     init_state,
     make_compute_logprobs,
     make_update,
     policy_params,
-)
-from gbmpo_jax.train_step import (
-    check_skips as _check_skips,
 )
 
 DONE_MARKER = "DONE"
@@ -82,16 +91,32 @@ def run(cfg: config_lib.Config, workdir, *, log=print) -> dict:
     mc = model.config
     rows = cfg.rollout.prompts_per_step * cfg.rollout.group_size
 
-    compute_logprobs = make_compute_logprobs(obj.apply_fn, obj.step_cfg)
-    update = make_update(obj.apply_fn, obj.divergence, obj.optimizer, obj.step_cfg)
-    merged = jax.jit(lambda st: policy_params(st.params, st.frozen, obj.step_cfg))
-    adv_fn = jax.jit(obj.advantage_fn, static_argnums=1)
+    n_dev = cfg.mesh.num_devices
+    mesh = mesh_lib.setup(cfg.mesh, jax.devices() if n_dev == -1 else jax.devices()[:n_dev])
+    mesh_lib.check_rows(rows, mesh, "rollout.prompts_per_step x rollout.group_size")
     base_key = jax.random.key(cfg.run.seed)
-
     state = init_state(
         model.params, obj.optimizer, obj.div_params, cfg.objective.coef, obj.step_cfg,
         key=jax.random.fold_in(base_key, 0x10A),
     )  # fmt: skip
+    state, state_sh = mesh_lib.shard_state(state, mc, mesh, lora_cfg=obj.step_cfg.lora)
+    del model  # its params now live (sharded) in the state
+    compute_logprobs = mesh_lib.jit_logprobs(
+        make_compute_logprobs(obj.apply_fn, obj.step_cfg), state_sh, mesh
+    )
+    update = mesh_lib.jit_update(
+        make_update(obj.apply_fn, obj.divergence, obj.optimizer, obj.step_cfg, jit=False),
+        state_sh,
+        mesh,
+    )
+    params_sh = mesh_lib.param_shardings(mc, mesh)
+    merged = jax.jit(
+        lambda st: policy_params(st.params, st.frozen, obj.step_cfg), out_shardings=params_sh
+    )
+    generate = mesh_lib.jit_rollout(mesh, params_sh)
+    # Evaluation decodes on every host; multi-host runs evaluate with the local sampler.
+    eval_generate = generate if jax.process_count() == 1 else None
+    adv_fn = jax.jit(obj.advantage_fn, static_argnums=1)
     ckpt = checkpoint.Checkpointer(
         workdir / "checkpoints",
         keep=cfg.run.keep,
@@ -101,7 +126,7 @@ def run(cfg: config_lib.Config, workdir, *, log=print) -> dict:
     latest = ckpt.latest_step()
     if latest is not None:
         checkpoint.check_compatible(ckpt.restore_meta(latest)["config"], cfg)
-        state, meta = ckpt.restore(latest, state)
+        state, meta = ckpt.restore(latest, state)  # restored onto state's shardings
         start = latest
         metrics.truncate_after(workdir / "metrics.jsonl", start)
         log(f"resumed from step {start} in {workdir}")
@@ -109,6 +134,7 @@ def run(cfg: config_lib.Config, workdir, *, log=print) -> dict:
         start = 0
         if cfg.warmup.steps:
             state = _warmup(cfg, state, obj, task, tokenizer, log)
+            state = jax.device_put(state, state_sh)
     if is_main:
         (workdir / "config.json").write_text(json.dumps(config_lib.to_dict(cfg), indent=2))
     writer = metrics.Writer(workdir, enabled=is_main)
@@ -126,7 +152,12 @@ def run(cfg: config_lib.Config, workdir, *, log=print) -> dict:
             return {}
         t0 = time.monotonic()
         pol = models.Model(mc, merged(state))
-        out = episodes.evaluate(pol, tokenizer, task, obj.eval_sampling, cfg.task.max_prompt_len)
+        if eval_generate is None:
+            pol = models.Model(mc, jax.device_get(pol.params))
+        out = episodes.evaluate(
+            pol, tokenizer, task, obj.eval_sampling, cfg.task.max_prompt_len,
+            generate=eval_generate or episodes.sampling.generate,
+        )  # fmt: skip
         out["perf/eval_s"] = time.monotonic() - t0
         writer.scalars(step, out)
         log(f"eval step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in out.items()))
@@ -149,20 +180,25 @@ def run(cfg: config_lib.Config, workdir, *, log=print) -> dict:
             examples = task.batch(step, cfg.rollout.prompts_per_step)
             pol = models.Model(mc, merged(state))
             ep = episodes.rollout(pol, tokenizer, examples, obj.sampling, key_roll,
-                                  cfg.task.max_prompt_len)  # fmt: skip
+                                  cfg.task.max_prompt_len, generate=generate,
+                                  mesh=mesh)  # fmt: skip
             t_gen = time.monotonic()
             # Dispatch the log-prob pass first: JAX runs it while the host scores rewards.
             old_lp, ref_lp, _ = compute_logprobs(
                 state, ep.batch["input_ids"], ep.batch["attention_mask"], ep.num_completion_tokens
             )
-            rewards = task.rewards(ep.texts, ep.examples)
+            rewards = task.rewards(ep.texts, ep.examples)  # this host's rows only
             t_rew = time.monotonic()
-            adv, adv_metrics = adv_fn(jnp.asarray(rewards, jnp.float32), cfg.rollout.group_size)
+            if jax.process_count() > 1:
+                all_rewards = mesh_lib.global_batch_from_host_rows(rewards, mesh, rows)
+            else:
+                all_rewards = jnp.asarray(rewards, jnp.float32)
+            adv, adv_metrics = adv_fn(all_rewards, cfg.rollout.group_size)
             batch = dict(ep.batch, old_logp=old_lp, ref_logp=ref_lp, advantages=adv)
             state, m = update(state, batch, jax.random.fold_in(key_roll, 1))
             m = jax.device_get(m)
             t_end = time.monotonic()
-            _check_skips(m, cfg.run.max_skipped_in_row)
+            check_skips(m, cfg.run.max_skipped_in_row)
             m.update({k: float(v) for k, v in jax.device_get(adv_metrics).items()})
             m.update(episodes.rollout_metrics(ep, rewards))
             n_tok = int(ep.lengths.sum())
@@ -229,7 +265,7 @@ def _warmup(cfg, state, obj, task, tokenizer, log):
     )  # fmt: skip
 
 
-def dry_run(cfg, workdir, mesh_shape=(1, 1, 1)) -> dict:
+def dry_run(cfg, workdir) -> dict:
     """Resolved config and per-device memory estimate, without loading weights."""
     cfg = config_lib.validate(cfg)
     if cfg.model.path == "random":
@@ -239,11 +275,13 @@ def dry_run(cfg, workdir, mesh_shape=(1, 1, 1)) -> dict:
         mc = presets.model_config(cfg.model.random_shape, len(tok))
     else:
         mc = models.load_config(policy.resolve_model_path(cfg.model.path))
-    data, fsdp, tensor = mesh_shape
-    est = memory.estimate(cfg, mc, data=data, fsdp=fsdp, tensor=tensor)
+    n_dev = jax.device_count() if cfg.mesh.num_devices == -1 else cfg.mesh.num_devices
+    s = mesh_lib.axis_sizes(cfg.mesh, n_dev)
+    est = memory.estimate(cfg, mc, data=s["data"], fsdp=s["fsdp"], tensor=s["tensor"])
     return {
         "workdir": str(workdir),
         "config": config_lib.to_dict(cfg),
+        "mesh": s,
         "memory_per_device": {k: (memory.human(v) if k.endswith("bytes") else v)
                               for k, v in est.items()},
     }  # fmt: skip
@@ -267,12 +305,14 @@ def main(argv=None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(cfg.name)
-    if args.dry_run:
-        print(json.dumps(dry_run(cfg, workdir), indent=2))
-        return 0
+    if not args.dry_run:
+        distributed.initialize(cfg.mesh)  # before any other JAX call on multi-host runs
     try:
+        if args.dry_run:
+            print(json.dumps(dry_run(cfg, workdir), indent=2))
+            return 0
         summary = run(cfg, workdir)
-    except (config_lib.ConfigError, checkpoint.CheckpointMismatchError) as e:
+    except (config_lib.ConfigError, checkpoint.CheckpointMismatchError, mesh_lib.MeshError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({"workdir": str(workdir), **dataclasses.asdict(cfg.run), **summary},
