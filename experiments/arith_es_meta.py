@@ -5,12 +5,13 @@ Smoke:    python -m gbmpo_jax.meta --exp arith_es_meta:smoke   (CI; P=8, 2 gener
 Hardware: this 2-core CPU, offline. The 0.9M-parameter demo model gets the default demo's
           supervised warm-up once (the shared base policy and reference), then P=8 members
           (vmap, one program per inner step) each run T=10 GBMPO steps with their own mirror
-          map and are scored by greedy accuracy on 64 validation problems; about 15-25
-          minutes for 6 generations on an unloaded machine.
+          map and are scored by greedy accuracy on 64 validation problems. Wall time not yet
+          measured end to end (the smoke variant: ~1 min of CPU, 2-4 min on the shared box).
 What:     lambda = 1.0 (instead of the paper's 1e-4) so the mirror map actually shapes the
           inner runs of this small demo; OpenES (antithetic, centered ranks, Adam 0.05) over
           z = softplus^-1(coefficients), sigma 0.3.
-Expected: es/fitness_best above the generation-1 mean; the curve in es_curve.png, the learned
+Expected (not yet run to completion): es/fitness_best above the generation-1 mean; the curve
+          in es_curve.png, the learned
           h'(y) in mirror_slope.png, the maps in mirror_{best,mean}.npz.
 """
 
