@@ -11,8 +11,8 @@ What:     lambda = 1.0 (instead of the paper's 1e-4) so the mirror map actually 
           inner runs of this small demo; OpenES (antithetic, centered ranks, Adam 0.05) over
           z = softplus^-1(coefficients), sigma 0.3.
 Expected (not yet run to completion): es/fitness_best above the generation-1 mean; the curve
-          in es_curve.png, the learned
-          h'(y) in mirror_slope.png, the maps in mirror_{best,mean}.npz.
+          in es_curve.png, the learned h'(y) in mirror_slope.png, the maps in
+          mirror_{best,mean}.npz.
 """
 
 from gbmpo_jax.config import Config, override
