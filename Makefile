@@ -25,6 +25,10 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
+$(VENV)/.installed-bench: $(VENV)/.installed-dev requirements-bench.txt
+	$(PY) -m pip install -q -r requirements-bench.txt
+	touch $@
+
 ## install: the virtualenv, pinned requirements, the package and the SmolLM2 demo model.
 install: $(VENV)/.installed sandbox
 
@@ -63,7 +67,7 @@ format: install-dev
 	$(VENV)/bin/ruff check --fix src tests experiments bench
 
 ## bench: performance numbers as JSON (see BENCHMARKS.md); `make bench ARGS=--quick` for CI.
-bench: install-dev
+bench: $(VENV)/.installed-bench
 	$(PY) -m bench.run $(ARGS)
 
 clean:
