@@ -23,6 +23,11 @@ Modes (`run_population(..., mode)`), same fitness for the same seeds:
   * ``sequential``: one member at a time, through the same programs with a member axis of 1
     (one code path, so the three modes cannot drift apart).
 
+Measured (bench/es_bench.py, 2-core shared CPU, P=8): vmap is not faster than sequential
+there (demo model 13.1 s vs 11.9 s per inner step, compute-bound; tiny model 0.4-1.2x, noisy),
+so on CPU `sequential` is as good; vmap's gain is expected where one member underuses the
+device (accelerators), not yet measured.
+
 Deviation: the old / reference log-probs are computed inside the vmapped update (the
 state-at-start-of-update definition of train.py), not in a separate program overlapping the
 rewards.
