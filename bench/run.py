@@ -8,7 +8,7 @@ Sections (each a module with ``run(quick) -> dict``; order = default order):
 
 Output: ``{"schema", "quick", "machine", "sections": {name: {"status": ok|error|missing,
 "wall_s", "result" | "error"}}, "summary", "peak_rss_mb"}`` on stdout (``--out`` also writes
-it to a file). A full run appends one row to BENCHMARKS.md (``--no-record`` skips it; quick
+it to a file, rewritten after each section as ``{"partial": true, "sections"}``). A full run appends one row to BENCHMARKS.md (``--no-record`` skips it; quick
 runs never record). Exit status 1 if a section raised (its traceback goes to stderr).
 
 Usage: ``python -m bench.run [--quick] [--sections step,sampling] [--out FILE] [--no-record]``.
@@ -174,6 +174,8 @@ def main(argv=None) -> int:
         sections[name] = run_section(name, a.quick)
         print(f"[bench] {name}: {sections[name]['status']} in {sections[name]['wall_s']} s",
               file=sys.stderr, flush=True)  # fmt: skip
+        if a.out:  # partial results survive a later section that hangs or is killed
+            pathlib.Path(a.out).write_text(json.dumps({"partial": True, "sections": sections}))
     machine["load_avg_1_5_15_end"] = common.machine()["load_avg_1_5_15"]
     doc = {
         "schema": SCHEMA,
