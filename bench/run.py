@@ -110,7 +110,8 @@ def summarize(sections: dict) -> dict:
     es = sections.get("es", {})
     out["es_status"] = es.get("status", "not run")
     if es.get("result"):
-        out["es_vmap_speedup_vs_sequential"] = es["result"].get("speedup_best")
+        speedup = es["result"].get("speedup_best")
+        out["es_vmap_speedup_vs_sequential"] = None if speedup is None else round(speedup, 2)
     return out
 
 
