@@ -73,6 +73,27 @@ def test_greedy_with_cache_equals_full_forward_argmax(tiny, prompts):
     np.testing.assert_array_equal(out.prompt_ids, ids)
 
 
+def test_decode_chunks_cover_every_step_once():
+    assert sampling.decode_chunks(1) == []
+    assert sampling.decode_chunks(32) == [(1, 32)]
+    assert sampling.decode_chunks(128) == [(1, 33), (33, 65), (65, 97), (97, 128)]
+    assert sampling.decode_chunks(8, min_chunk=3) == [(1, 4), (4, 7), (7, 8)]
+    for T in (2, 33, 200, 1000):
+        chunks = sampling.decode_chunks(T)
+        steps = [t for a, b in chunks for t in range(a, b)]
+        assert steps == list(range(1, T)) and len(chunks) <= 4
+
+
+def test_multi_chunk_decode_equals_full_forward_argmax(tiny, prompts, monkeypatch):
+    """Several growing-cache chunks (3-step chunks for T = 8) give the reference tokens."""
+    ids, mask = prompts
+    monkeypatch.setattr(sampling, "DECODE_CHUNK", 3)
+    roll = jax.jit(sampling.rollout, static_argnames=("config",))  # fresh trace cache
+    out = roll(tiny, ids, mask, jax.random.key(0), SamplingConfig(T, greedy=True, group_size=2))
+    ref = _greedy_reference(tiny, ids, mask, T)
+    np.testing.assert_array_equal(out.tokens, np.repeat(ref, 2, axis=0))
+
+
 def test_greedy_batch_equals_each_prompt_alone(tiny, prompts):
     ids, mask = prompts
     cfg = SamplingConfig(T, greedy=True)

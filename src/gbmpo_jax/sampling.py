@@ -4,12 +4,15 @@ For B left-padded prompts and group size G (GRPO, arXiv 2402.03300, samples G co
 prompt), `generate` returns N = B*G completions of at most T = max_new_tokens tokens:
 
 1. Prefill: each prompt runs through the model once, writing its keys/values into a KV cache of
-   S = P + T slots (`models.init_cache`, compute dtype).
+   P slots (`models.init_cache`, compute dtype).
 2. Share: the prefilled cache, the last-position logits and the masks are repeated G times along
    the batch axis (row n = b*G + g), so a prompt is never prefilled G times.
-3. Decode: a `lax.while_loop` writes one token per step at slot P+t. Each row keeps a done flag
-   (set by its first stop token); the loop exits early once every row is done. Finished rows emit
-   `pad_token_id` and do not count towards `lengths`.
+3. Decode: `lax.while_loop`s write one token per step at slot P+t. Each row keeps a done flag
+   (set by its first stop token); the loops exit early once every row is done. Finished rows emit
+   `pad_token_id` and do not count towards `lengths`. The steps run in a few static chunks
+   (`decode_chunks`); before each, the cache grows to the slots that chunk fills, so attention
+   never reads the empty tail of a P + T cache. The decode loop uses the unrolled per-layer
+   model layout (`models.transformer.unstack_layers` / `unstack_cache`).
 
 The whole rollout is one jitted function (`SamplingConfig` and the model config are static), so
 the cache never leaves the device and XLA updates it in place inside the loop carry (no
@@ -45,6 +48,7 @@ from gbmpo_jax import models
 from gbmpo_jax.models.config import canonical_dtype
 from gbmpo_jax.models.transformer import unstack_cache, unstack_layers
 
+DECODE_CHUNK = 32  # minimum decode steps per statically sized attention chunk
 END_OF_TURN_TOKENS: tuple[str, ...] = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 
 
@@ -184,6 +188,12 @@ def _is_stop(tokens: jax.Array, stop_ids: tuple[int, ...]) -> jax.Array:
     return jnp.any(tokens[..., None] == jnp.asarray(stop_ids, jnp.int32), axis=-1)
 
 
+def _grow(a: jax.Array, axis: int, size: int) -> jax.Array:
+    """Zero-pads `a` along `axis` to `size` entries."""
+    widths = [(0, size - a.shape[axis] if i == axis else 0) for i in range(a.ndim)]
+    return jnp.pad(a, widths)
+
+
 def rollout(model, prompt_ids, prompt_mask, key, config: SamplingConfig) -> Rollout:
     """Pure (unjitted) rollout; see the module docstring. `generate` is the checked, jitted
     entry point; jit this one yourself to add in/out shardings."""
@@ -206,8 +216,8 @@ def rollout(model, prompt_ids, prompt_mask, key, config: SamplingConfig) -> Roll
     )
 
     # 1. prefill once per prompt
-    cache = models.init_cache(c, B, P + T, sc.cache_dtype)
-    attn = jnp.concatenate([prompt_mask, jnp.zeros((B, T), jnp.int32)], axis=1)
+    cache = models.init_cache(c, B, P, sc.cache_dtype)
+    attn = prompt_mask
     positions = models.positions_from_mask(prompt_mask)
     logits, cache = models.apply(
         model.params, c, prompt_ids, positions, attn, cache, jnp.zeros((), jnp.int32)
@@ -283,7 +293,17 @@ def rollout(model, prompt_ids, prompt_mask, key, config: SamplingConfig) -> Roll
         tokens=tokens,
         logps=logps,
     )
-    s = lax.while_loop(cond, body, state)
+    # decode in chunks: chunk [t0, t1) runs on a cache grown to the P + t1 - 1 slots it fills,
+    # so early steps do not read (or mask) the empty tail of a P + T cache
+    s = state
+    for _, t1 in decode_chunks(T):
+        slots = P + t1 - 1
+        s = dict(
+            s,
+            attn=_grow(s["attn"], 1, slots),
+            cache=jax.tree.map(lambda a, n=slots: _grow(a, 2, n), s["cache"]),
+        )
+        s = lax.while_loop(lambda s, t1=t1: cond(s) & (s["t"] < t1), body, s)
     mask = (jnp.arange(T)[None, :] < s["lengths"][:, None]).astype(jnp.int32)
     return Rollout(
         tokens=s["tokens"],
@@ -294,6 +314,18 @@ def rollout(model, prompt_ids, prompt_mask, key, config: SamplingConfig) -> Roll
         prompt_ids=rep(prompt_ids),
         prompt_mask=rep(prompt_mask),
     )
+
+
+def decode_chunks(T: int, min_chunk: int | None = None, max_chunks: int = 4) -> list:
+    """Static [t0, t1) step ranges of the decode loop (steps 1 .. T-1): chunks of at least
+    `min_chunk` (default `DECODE_CHUNK`) steps, at most `max_chunks` of them (each chunk is
+    one compiled loop body: more chunks read fewer empty slots but compile longer)."""
+    min_chunk = DECODE_CHUNK if min_chunk is None else min_chunk
+    steps = T - 1
+    if steps <= 0:
+        return []
+    size = max(min_chunk, -(-steps // max_chunks))
+    return [(t0, min(t0 + size, T)) for t0 in range(1, T, size)]
 
 
 _rollout_jit = jax.jit(rollout, static_argnames=("config",))
@@ -389,6 +421,7 @@ __all__ = [
     "Rollout",
     "SamplingConfig",
     "bucket_length",
+    "decode_chunks",
     "default_stop_token_ids",
     "generate",
     "generate_text",
