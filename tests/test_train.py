@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -111,6 +112,11 @@ def test_resume_refuses_a_different_config(tmp_path):
     # fields that do not change the trajectory may differ (e.g. more steps, logging)
     saved = json.loads((tmp_path / "config.json").read_text())
     checkpoint.check_compatible(saved, C.override(cfg, **{"run.steps": 9, "run.log_every": 3}))
+    # A run killed after its step-0 checkpoint but before step 1's resumes from step 0
+    # (it must not try to save step 0 a second time).
+    shutil.rmtree(tmp_path / "checkpoints" / "1")
+    assert checkpoint.Checkpointer(tmp_path / "checkpoints").latest_step() == 0
+    assert train.run(cfg, tmp_path, log=lambda *_: None)["step"] == 1
 
 
 def test_cli_errors_and_dry_run(capsys, tmp_path):

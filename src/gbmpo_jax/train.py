@@ -163,7 +163,7 @@ def run(cfg: config_lib.Config, workdir, *, log=print) -> dict:
         log(f"eval step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in out.items()))
         return out
 
-    if start == 0:
+    if latest is None:  # a fresh run (a restored step-0 checkpoint is already saved)
         first_eval = evaluate(0)
         ckpt.save(0, state, meta_for(0), force=True)
     else:
