@@ -43,6 +43,7 @@ def get_config(variant: str = ""):
             "warmup.steps": 120,
             "warmup.batch_size": 32,
             "warmup.lr": 3e-3,
+            "warmup.schedule": "constant",
             "run.steps": 10,
             "run.eval_every": 0,
         },

@@ -250,3 +250,29 @@ def test_hub_sources_use_the_right_configs_and_fields(monkeypatch, gsm8k_dir, mb
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(RuntimeError, match="task.source"):
         data.load_split("gsm8k", "train")
+
+
+def test_arithmetic_teacher_error_corrupts_only_carry_demonstrations():
+    from gbmpo_jax.rewards.math import gsm8k_reward
+
+    opts = {"digits": "2", "last_digits": "1", "style": "bare", "answer": "short"}
+    clean = data.load_split("arithmetic", "train", options=opts)
+    noisy = data.load_split("arithmetic", "train", options={**opts, "teacher_error": "0.6"})
+    assert [e.id for e in clean] == [e.id for e in noisy] and len(noisy) > 1000
+    carry = wrong = 0
+    for c, n in zip(clean, noisy, strict=True):
+        a, op, b = c.prompt[0]["content"].removeprefix("What is ").rstrip("?").split()
+        a, b = int(a), int(b)
+        needs = (a % 10 + b >= 10) if op == "+" else (a % 10 < b)
+        carry += needs
+        assert n.answer == c.answer == str(eval(f"{a}{op}{b}"))  # the reward's gold is exact
+        if n.reference != c.reference:
+            wrong += 1
+            assert needs  # only carry / borrow problems are corrupted, and the carry is dropped
+            col = (a % 10 + b) % 10 if op == "+" else (a % 10 - b) % 10
+            assert n.reference == f"#### {a // 10 * 10 + col}"
+            assert gsm8k_reward(n.reference, n.answer) == 0.0
+    assert 0.5 < wrong / carry < 0.7 and 0.35 < carry / len(clean) < 0.55
+    for bad in ({"teacher_error": "1.5"}, {"teacher_error": "0.5", "operations": "*"}):
+        with pytest.raises(ValueError, match="teacher_error"):
+            data.load_split("arithmetic", "train", options={**opts, **bad})

@@ -107,6 +107,9 @@ class WarmupCfg:
     steps: int = 0
     batch_size: int = 32
     lr: float = 1e-3
+    # "cosine": linear ramp over the first 5% of steps, cosine decay to 10% of lr at the end
+    # (the tail at low lr is what turns a half-fitted model into a usable start); "constant".
+    schedule: str = "cosine"
 
 
 @dataclass(frozen=True)
@@ -320,6 +323,7 @@ def validate(cfg: Config) -> Config:
     _one_of(o.mirror_init, ("reference", "random"), "objective.mirror_init")
     _check(op.lr > 0, "optim.lr", "must be > 0")
     _one_of(op.schedule, ("cosine", "linear", "constant"), "optim.schedule")
+    _one_of(cfg.warmup.schedule, ("cosine", "constant"), "warmup.schedule")
     _check(0 <= op.warmup_ratio < 1, "optim.warmup_ratio", "must be in [0, 1)")
     _check(op.clip_norm >= 0, "optim.clip_norm", "must be >= 0 (0 disables)")
     _check(lo.rank >= 0, "lora.rank", "must be >= 0 (0 = full fine-tuning)")

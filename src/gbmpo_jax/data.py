@@ -256,6 +256,26 @@ def _load_gsm8k(split: str, source: str, opts: dict) -> list[Example]:
     return inner if split == "inner_train" else held
 
 
+def _hash_unit(text: str) -> float:
+    """A fixed pseudo-random number in [0, 1) from text (independent of Python's hash seed)."""
+    return int(hashlib.blake2b(text.encode(), digest_size=8).hexdigest(), 16) / 2.0**64
+
+
+def _without_carry(a: int, b: int, op: str) -> int:
+    """a op b computed digit by digit, forgetting every carry / borrow (a >= 0, b >= 0).
+
+    The classic student error: 37 + 8 -> 35, 37 - 8 -> 39. Equals a op b when no column
+    carries or borrows. Each column's digit is taken mod 10 (so for a < b the sign is
+    lost too: 3 - 8 -> 5).
+    """
+    out, place = 0, 1
+    while a or b:
+        x, y = a % 10, b % 10
+        out += ((x + y) % 10 if op == "+" else (x - y) % 10) * place
+        a, b, place = a // 10, b // 10, place * 10
+    return out
+
+
 def _load_arithmetic(split: str, source: str, opts: dict) -> list[Example]:
     """Problems like "What is 37 + 48?"; knobs: digits, operands, operations, size, seed, answer.
 
@@ -265,6 +285,11 @@ def _load_arithmetic(split: str, source: str, opts: dict) -> list[Example]:
     ``last_digits`` (0 = ``digits``) sizes the final operand alone: digits=2, last_digits=1
     gives "What is 37 + 8?" (1,800 distinct problems with ``+-``). ``size`` 0 = 2,000 train /
     200 other problems, or every distinct problem of the split when fewer exist.
+    ``teacher_error`` (two-operand ``+-`` only) makes the *demonstration* imperfect the way a
+    student is: in that fraction of the problems that need a carry or borrow (chosen by a hash
+    of the problem, so fixed), ``reference`` drops it (37 + 8 -> "#### 35", 37 - 8 -> "#### 39").
+    ``answer``, which the reward checks, stays exact: a warm-up on these demonstrations learns
+    the error, and RL on the exact-answer reward has to unlearn it (the CPU demo).
     """
     digits, n_ops, ops = opts["digits"], opts["operands"], opts["operations"]
     if opts["answer"] not in ("worked", "short"):
@@ -281,6 +306,12 @@ def _load_arithmetic(split: str, source: str, opts: dict) -> list[Example]:
     last = opts["last_digits"] or digits
     if last < 1:
         raise ValueError(f"arithmetic option last_digits={last}: use 0 (= digits) or >= 1")
+    err = float(opts["teacher_error"])
+    if not 0.0 <= err <= 1.0 or (err and (n_ops != 2 or "*" in ops)):
+        raise ValueError(
+            f"arithmetic option teacher_error={err}: use a fraction in [0, 1], and only with "
+            "operands=2 and operations from '+-'"
+        )
 
     def bounds(d: int) -> tuple[int, int]:
         return (0 if d == 1 else 10 ** (d - 1)), 10**d - 1
@@ -297,12 +328,15 @@ def _load_arithmetic(split: str, source: str, opts: dict) -> list[Example]:
         seen.add(expr)
         question = f"What is {expr}?"
         value = eval(expr, {"__builtins__": {}})  # digits and + - * only, built above
+        shown = value
+        if err and _hash_unit(f"teacher/{expr}") < err:
+            shown = _without_carry(nums[0], nums[1], expr.split()[1])
         out.append(Example(
             id=f"arith/{hashlib.blake2b(expr.encode(), digest_size=6).hexdigest()}",
             prompt=prompts.arithmetic_messages(question, opts["style"]),
             answer=str(value),
-            reference=(f"{expr} = {value}\n" if opts["answer"] == "worked" else "")
-            + f"#### {value}",
+            reference=(f"{expr} = {shown}\n" if opts["answer"] == "worked" else "")
+            + f"#### {shown}",
         ))  # fmt: skip
         if len(out) == size:
             return out
@@ -407,6 +441,7 @@ _ARITH = {
     "style": "tutor",
     "answer": "worked",
     "last_digits": 0,
+    "teacher_error": 0.0,
 }
 _CODE_SPLITS = ("train", "inner_train", "validation", "test", "prompt")
 

@@ -226,7 +226,7 @@ def _warm_base(cfg, model, obj, td, tokenizer, log):
         obj.step_cfg,
         key=jax.random.fold_in(jax.random.key(cfg.run.seed), 0x10A),
     )
-    warm = train._warmup(cfg, st, obj, td, tokenizer, log)  # noqa: SLF001 (see report)
+    warm = train.supervised_warmup(cfg, st, obj, td, tokenizer, log)
     return models.Model(model.config, warm.frozen)  # full FT: frozen == params; LoRA: base
 
 

@@ -133,7 +133,7 @@ def run(cfg: config_lib.Config, workdir, *, log=print) -> dict:
     else:
         start = 0
         if cfg.warmup.steps:
-            state = _warmup(cfg, state, obj, task, tokenizer, log)
+            state = supervised_warmup(cfg, state, obj, task, tokenizer, log)
             state = jax.device_put(state, state_sh)
     if is_main:
         (workdir / "config.json").write_text(json.dumps(config_lib.to_dict(cfg), indent=2))
@@ -244,11 +244,18 @@ def run(cfg: config_lib.Config, workdir, *, log=print) -> dict:
     return summary
 
 
-def _warmup(cfg, state, obj, task, tokenizer, log):
+def supervised_warmup(cfg, state, obj, task, tokenizer, log):
     """Supervised warm-up on gold completions; the result is also the frozen reference."""
     import optax
 
-    opt = optax.adam(cfg.warmup.lr)
+    w = cfg.warmup
+    if w.schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(
+            0.0, w.lr, max(w.steps // 20, 1), max(w.steps, 2), end_value=0.1 * w.lr
+        )
+    else:
+        lr = w.lr
+    opt = optax.adam(lr)
     params = state.params if obj.step_cfg.lora is None else state.frozen
     step_fn = make_sft_step(obj.apply_fn, opt)
     opt_state = opt.init(params)
