@@ -24,6 +24,7 @@ def test_override_parses_by_field_type():
         ("nosuch.x", "1", "unknown config key 'nosuch.x'"),
         ("run.steps", "ten", "run.steps='ten': cannot parse"),
         ("optim", "1", "is a section"),
+        ("task.options", "digits=2", "'digits=2' must look like name:value"),
     ],
 )
 def test_override_errors_name_the_key(key, value, needle):

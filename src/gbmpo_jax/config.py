@@ -181,7 +181,15 @@ def _parse(value: str, tp, key: str):
             if args and args[0] is str:
                 return tuple(items)
             if args and typing.get_origin(args[0]) is tuple:  # tuple of (k, v) pairs
+                bad = [kv for kv in items if ":" not in kv]
+                if bad:
+                    raise ConfigError(
+                        f"{key}={value!r}: {bad[0]!r} must look like name:value; write the "
+                        "whole list, e.g. digits:2,operations:+-"
+                    )
                 return tuple(tuple(kv.split(":", 1)) for kv in items)
+    except ConfigError:
+        raise
     except ValueError as e:
         raise ConfigError(f"{key}={value!r}: cannot parse as {tp}") from e
     raise ConfigError(f"{key}: unsupported field type {tp}")
