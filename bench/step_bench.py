@@ -6,9 +6,10 @@ with `models.load_pretrained`, TRL's with transformers. A step is 4 prompts of 2
 samples at T=1 with exactly ``new_tokens`` completion tokens (min = max new tokens), then the
 reference log-probs (beta = 0.04), then one dr_grpo update (AdamW, lr 1e-6, clip 1.0).
 
-  ours  sampling.generate -> make_compute_logprobs (policy "old" AND reference in one pass, as
-        train.py does; TRL skips the old pass when num_iterations = 1, so we do one extra
-        forward) -> advantages -> make_update. Each phase is timed after block_until_ready.
+  ours  sampling.generate -> make_compute_logprobs(policy=False) (the reference pass only: with
+        mu = 1 the update takes "old" from its own forward, as train.py does and as TRL does
+        with num_iterations = 1) -> advantages -> make_update. Each phase is timed after
+        block_until_ready.
   TRL   GRPOTrainer.train(max_steps = N), step times from a TrainerCallback (on_step_end to
         on_step_end); a WordLevel tokenizer over the 64 ids built in code, plain-text prompts,
         a dummy reward (count of one symbol), generation_kwargs min_new_tokens = max, fp32, and
@@ -92,7 +93,7 @@ def ours_worker(model_dir: str, new_tokens: int, steps: int, seed: int) -> dict:
     base = jax.random.key(seed)
     state = init_state(model.params, opt, div.init_params(base), BETA, step_cfg, divergence=div)
     apply_fn = policy.make_apply_fn(mc)
-    compute_logprobs = make_compute_logprobs(apply_fn, step_cfg)
+    compute_logprobs = make_compute_logprobs(apply_fn, step_cfg, policy=False)
     update = make_update(apply_fn, div, opt, step_cfg)
     adv_fn = jax.jit(advantages.get("dr_grpo"), static_argnums=1)
     scfg = sampling.SamplingConfig(
@@ -114,15 +115,13 @@ def ours_worker(model_dir: str, new_tokens: int, steps: int, seed: int) -> dict:
             raise RuntimeError("rollout stopped early: the token count differs from TRL's")
         input_ids = np.concatenate([out.prompt_ids, out.tokens], axis=1)
         attn = np.concatenate([out.prompt_mask, out.mask], axis=1)
-        old_lp, ref_lp, _ = jax.block_until_ready(
-            compute_logprobs(state, input_ids, attn, new_tokens)
-        )
+        _, ref_lp, _ = jax.block_until_ready(compute_logprobs(state, input_ids, attn, new_tokens))
         t2 = time.perf_counter()
         rewards = (out.tokens == REWARD_SYMBOL).sum(axis=1).astype(np.float32)
         adv, _ = adv_fn(jnp.asarray(rewards), GROUP)
         batch = {
             "input_ids": input_ids, "attention_mask": attn, "completion_mask": out.mask,
-            "old_logp": old_lp, "ref_logp": ref_lp, "advantages": adv,
+            "ref_logp": ref_lp, "advantages": adv,
         }  # fmt: skip
         state, metrics = update(state, batch, jax.random.fold_in(key, 1))
         metrics = jax.device_get(metrics)
@@ -251,10 +250,10 @@ def bench_shape(shape: str, steps: int, peak: float, seed: int = 0, with_trl: bo
     fwd = common.seq_forward_flops(cfg, rows, seq)
     flops = {
         "rollout": common.rollout_flops(cfg, PROMPT_LEN, PROMPTS, GROUP, new_tokens),
-        "logprobs": 2 * fwd,  # policy (old) + reference, full sequences
+        "logprobs": fwd,  # the reference pass (mu = 1: no separate "old" pass)
         "update": 3 * fwd,  # forward + backward
     }
-    tokens = {"rollout": rows * new_tokens, "logprobs": 2 * rows * seq, "update": rows * seq}
+    tokens = {"rollout": rows * new_tokens, "logprobs": rows * seq, "update": rows * seq}
     ph = ours["phases_s"]
     report = {
         "shape": shape,

@@ -129,3 +129,13 @@ def test_cli_errors_and_dry_run(capsys, tmp_path):
     assert out["config"]["name"] == "default"
     assert out["memory_per_device"]["num_params"] > 0
     assert not (tmp_path / "checkpoints").exists()  # a dry run writes nothing
+
+
+def test_default_workdir_resumes_the_unfinished_run_only(tmp_path):
+    old = tmp_path / "20260101-000000_default"
+    (old / "checkpoints").mkdir(parents=True)
+    assert train.default_workdir("default", root=tmp_path) == old  # unfinished: resumed
+    (old / train.DONE_MARKER).write_text("{}")
+    new = train.default_workdir("default", root=tmp_path)
+    assert new != old and new.name.endswith("_default")  # finished: a fresh run
+    assert train.default_workdir("default:smoke", root=tmp_path).name.endswith("_default-smoke")

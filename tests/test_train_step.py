@@ -87,6 +87,37 @@ def test_micro_batches_equal_full_batch(loss_type):
     assert not np.allclose(s1.params["head"], state.params["head"])
 
 
+@pytest.mark.parametrize("div_name", ["kl", "prob_l2"])
+def test_on_policy_update_equals_one_with_stored_old_logprobs(div_name):
+    # mu = 1 without old_logp: old = stop_gradient of the update's own forward. Same step as
+    # storing the policy's log-probs first (the extra forward train.py used to run).
+    cfg = ts.StepConfig(loss=LossConfig(max_completion_length=T), temperature=0.7)
+    assert ts.on_policy(cfg) and not ts.on_policy(dataclasses.replace(cfg, mu=2))
+    _, div, state = _setup(cfg, div_name=div_name, coef=0.3)
+    batch = toy_batch(jax.random.PRNGKey(4))
+    lp, rp, _ = ts.make_compute_logprobs(toy_apply, cfg)(
+        state, batch["input_ids"], batch["attention_mask"], T
+    )
+    none, rp2, _ = ts.make_compute_logprobs(toy_apply, cfg, policy=False)(
+        state, batch["input_ids"], batch["attention_mask"], T
+    )
+    assert none is None
+    np.testing.assert_array_equal(rp, rp2)
+    update = ts.make_update(toy_apply, div, SGD, cfg)
+    stored = dict(batch, old_logp=lp, ref_logp=rp)
+    s1, m1 = update(_copy(state), stored, jax.random.PRNGKey(0))
+    s2, m2 = update(_copy(state), dict(batch, ref_logp=rp), jax.random.PRNGKey(0))
+    s3, m3 = update(_copy(state), batch, jax.random.PRNGKey(0))  # ref computed inside too
+    for s, m in ((s2, m2), (s3, m3)):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), s1.params, s.params)
+        for k in ("train/loss", "div/mean", "train/grad_norm", "ratio/mean"):
+            np.testing.assert_allclose(m1[k], m[k], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(m2["ratio/min"], 1.0) and np.testing.assert_allclose(
+        m2["ratio/max"], 1.0
+    )
+    assert not np.allclose(s2.params["head"], state.params["head"])
+
+
 def test_reference_stays_initial_policy_full_finetune():
     cfg = ts.StepConfig(loss=LossConfig(max_completion_length=T), mu=2)
     params0, div, state = _setup(cfg, coef=0.5)

@@ -47,6 +47,7 @@ from gbmpo_jax.train_step import (
     init_state,
     make_compute_logprobs,
     make_update,
+    on_policy,
     policy_params,
 )
 
@@ -64,14 +65,16 @@ class _Preempted:
 
 
 def default_workdir(name: str, root="runs") -> pathlib.Path:
-    """`runs/{date}_{name}`; an unfinished run of the same experiment is resumed instead."""
+    """`runs/{date}-{time}_{name}`; the newest unfinished run of the same experiment (one with
+    checkpoints and no done marker) is resumed instead, so re-running a command resumes it
+    and running it again after it finished starts a fresh run."""
     safe = name.replace(":", "-")
     root = pathlib.Path(root)
     if root.is_dir():
         for d in sorted(root.glob(f"*_{safe}"), reverse=True):
             if not (d / DONE_MARKER).exists() and (d / "checkpoints").is_dir():
                 return d
-    return root / f"{datetime.date.today():%Y%m%d}_{safe}"
+    return root / f"{datetime.datetime.now():%Y%m%d-%H%M%S}_{safe}"
 
 
 def _setup(cfg, workdir: pathlib.Path):
@@ -102,7 +105,9 @@ def run(cfg: config_lib.Config, workdir, *, log=print) -> dict:
     state, state_sh = mesh_lib.shard_state(state, mc, mesh, lora_cfg=obj.step_cfg.lora)
     del model  # its params now live (sharded) in the state
     compute_logprobs = mesh_lib.jit_logprobs(
-        make_compute_logprobs(obj.apply_fn, obj.step_cfg), state_sh, mesh
+        make_compute_logprobs(obj.apply_fn, obj.step_cfg, policy=not on_policy(obj.step_cfg)),
+        state_sh,
+        mesh,
     )
     update = mesh_lib.jit_update(
         make_update(obj.apply_fn, obj.divergence, obj.optimizer, obj.step_cfg, jit=False),
@@ -194,7 +199,9 @@ def run(cfg: config_lib.Config, workdir, *, log=print) -> dict:
             else:
                 all_rewards = jnp.asarray(rewards, jnp.float32)
             adv, adv_metrics = adv_fn(all_rewards, cfg.rollout.group_size)
-            batch = dict(ep.batch, old_logp=old_lp, ref_logp=ref_lp, advantages=adv)
+            batch = dict(ep.batch, ref_logp=ref_lp, advantages=adv)
+            if old_lp is not None:  # None when mu == 1: the update uses its own forward
+                batch["old_logp"] = old_lp
             state, m = update(state, batch, jax.random.fold_in(key_roll, 1))
             m = jax.device_get(m)
             t_end = time.monotonic()

@@ -4,7 +4,8 @@ Built by ``make_update(apply_fn, divergence, optimizer, cfg)``; the model enters
 ``apply_fn(params, input_ids [N,P+T], attention_mask [N,P+T]) -> logits [N,P+T,V]``. Batch
 (DESIGN.md): input_ids, attention_mask, completion_mask [N,T], advantages [N], and optionally
 old_logp / ref_logp [N,T] (computed here from the state when absent: old = policy at the start
-of the update, ref = ``state.frozen``), truncated [N] (bool), num_items_in_batch (dapo).
+of the update - with ``mu == 1`` taken from the update's own forward, `on_policy` - and
+ref = ``state.frozen``), truncated [N] (bool), num_items_in_batch (dapo).
 Log-probs: logits at positions P-1 .. P+T-2 divided by the temperature, float32.
 
 One update = ``mu`` optimizer steps on the same batch (stored old log-probs). Each step
@@ -135,10 +136,13 @@ def _split(x, m: int):
     return x.reshape(m, x.shape[0] // m, *x.shape[1:])
 
 
-def make_compute_logprobs(apply_fn: Callable, cfg: StepConfig):
+def make_compute_logprobs(apply_fn: Callable, cfg: StepConfig, policy: bool = True):
     """Jitted ``fn(state, input_ids, attention_mask, completion_len) -> (policy_logp,
     ref_logp, policy_entropy)``, each [N,T] float32, micro-batched like the update. Use it
-    to fill ``old_logp`` / ``ref_logp`` before the mu updates."""
+    to fill ``old_logp`` / ``ref_logp`` before the mu updates.
+
+    ``policy=False`` skips the policy forward (returns ``(None, ref_logp, None)``): with
+    ``mu == 1`` the update needs no stored old log-probs (see `on_policy`)."""
 
     @functools.partial(jax.jit, static_argnums=3)
     def fn(state: TrainState, input_ids, attention_mask, completion_len: int):
@@ -146,7 +150,11 @@ def make_compute_logprobs(apply_fn: Callable, cfg: StepConfig):
 
         def one(carry, mb):
             ids, am = mb
-            lp, ent = completion_logprobs(apply_fn, pol, ids, am, completion_len, cfg.temperature)
+            lp = ent = None
+            if policy:
+                lp, ent = completion_logprobs(
+                    apply_fn, pol, ids, am, completion_len, cfg.temperature
+                )
             rp, _ = completion_logprobs(
                 apply_fn, state.frozen, ids, am, completion_len, cfg.temperature
             )
@@ -154,9 +162,18 @@ def make_compute_logprobs(apply_fn: Callable, cfg: StepConfig):
 
         m = cfg.micro_batches
         _, out = jax.lax.scan(one, None, (_split(input_ids, m), _split(attention_mask, m)))
-        return tuple(x.reshape(-1, completion_len) for x in out)
+        return tuple(None if x is None else x.reshape(-1, completion_len) for x in out)
 
     return fn
+
+
+def on_policy(cfg: StepConfig) -> bool:
+    """True when one update is a single optimizer step (``mu == 1``): the "old" policy is
+    then the current one, so the update uses ``stop_gradient(logp)`` of its own forward as
+    old_logp (ratio exactly 1, gradient of the ratio = gradient of logp) instead of a
+    separate forward pass - the same objective and gradient for 2N fewer FLOPs per token.
+    A batch that carries ``old_logp`` (e.g. sampler log-probs) still uses it."""
+    return cfg.mu == 1
 
 
 def make_update(
@@ -170,6 +187,7 @@ def make_update(
     donated; ``jit=False`` gives the pure function (to vmap over an ES population of states
     or to scan inside a larger jitted program)."""
     logprobs = make_compute_logprobs(apply_fn, cfg)
+    ref_logprobs = make_compute_logprobs(apply_fn, cfg, policy=False)
 
     def grads_of(trainable, state, mb, t):
         def objective(tr):
@@ -177,8 +195,9 @@ def make_update(
             logp, ent = completion_logprobs(
                 apply_fn, pol, mb["input_ids"], mb["attention_mask"], t, cfg.temperature
             )
+            old = jax.lax.stop_gradient(logp) if mb["old_logp"] is None else mb["old_logp"]
             loss, sums = loss_fn(
-                logp, mb["old_logp"], mb["ref_logp"], mb["advantages"], mb["mask"],
+                logp, old, mb["ref_logp"], mb["advantages"], mb["mask"],
                 mb["weights"], divergence, state.div_params, state.div_coef, cfg.loss,
             )  # fmt: skip
             sums["entropy_sum"] = jnp.sum(mb["mask"] * ent)
@@ -228,16 +247,20 @@ def make_update(
         t = batch["completion_mask"].shape[1]
         mask = loss_mask(batch["completion_mask"], batch.get("truncated"), cfg.loss)
         weights = token_weights(mask, cfg.loss, batch.get("num_items_in_batch"))
-        need_old, need_ref = "old_logp" not in batch, "ref_logp" not in batch
-        if need_old or need_ref:
+        need_old = "old_logp" not in batch and not on_policy(cfg)
+        need_ref = "ref_logp" not in batch
+        lp = rp = None
+        if need_old:
             lp, rp, _ = logprobs(state, batch["input_ids"], batch["attention_mask"], t)
+        elif need_ref:
+            rp = ref_logprobs(state, batch["input_ids"], batch["attention_mask"], t)[1]
         core = {
             "input_ids": batch["input_ids"],
             "attention_mask": batch["attention_mask"],
             "advantages": batch["advantages"],
             "mask": mask,
             "weights": weights,
-            "old_logp": lp if need_old else batch["old_logp"],
+            "old_logp": lp if need_old else batch.get("old_logp"),  # None: on-policy
             "ref_logp": rp if need_ref else batch["ref_logp"],
         }
         core = jax.tree.map(jax.lax.stop_gradient, core)
