@@ -2,8 +2,9 @@
 
 Launch:   make train EXP=arith_es_meta   (= python -m gbmpo_jax.meta --exp arith_es_meta)
 Smoke:    python -m gbmpo_jax.meta --exp arith_es_meta:smoke   (CI; P=8, 2 generations)
-Hardware: this 2-core CPU, offline. The 0.9M-parameter demo model gets the default demo's
-          supervised warm-up once (the shared base policy and reference), then P=8 members
+Hardware: this 2-core CPU, offline. The 0.9M-parameter demo model gets a short supervised
+          warm-up once (the shared base policy and reference; its own settings below, not the
+          default demo's), then P=8 members
           (vmap, one program per inner step) each run T=10 GBMPO steps with their own mirror
           map and are scored by greedy accuracy on 64 validation problems. Wall time not yet
           measured end to end (the smoke variant: ~1 min of CPU, 2-4 min on the shared box).
@@ -44,6 +45,7 @@ def get_config(variant: str = ""):
             "warmup.batch_size": 32,
             "warmup.lr": 3e-3,
             "warmup.schedule": "constant",
+            "warmup.weight_decay": 0.0,
             "run.steps": 10,
             "run.eval_every": 0,
         },

@@ -42,6 +42,8 @@ def test_override_errors_name_the_key(key, value, needle):
         ("task.name", "nope", "task.name"),
         ("rollout.top_p", 0.0, "rollout.top_p"),
         ("mesh.fsdp", 0, "mesh.fsdp"),
+        ("warmup.schedule", "linear", "warmup.schedule"),
+        ("warmup.weight_decay", -0.1, "warmup.weight_decay"),
     ],
 )
 def test_validate_names_field(key, value, field):

@@ -1,9 +1,9 @@
 """Supervised warm-up: next-token cross-entropy on gold completions (tiny-model demos).
 
 A randomly initialised model cannot earn any reward, so RL has nothing to reinforce. The CPU
-demo first fits the answer *format* on a few gold completions (`warmup.steps` updates), then
-RL takes over from that policy, which also becomes the frozen reference. Real checkpoints
-skip this (warmup.steps = 0).
+demo first fits the task on demonstrations (`warmup.steps` AdamW updates, cosine schedule;
+`train.supervised_warmup`), then RL takes over from that policy, which also becomes the
+frozen reference. Real checkpoints skip this (warmup.steps = 0).
 
 Loss: sum over completion tokens of -log softmax(logits)[target] / number of completion
 tokens, on the same batch layout as the RL step (DESIGN.md: input_ids [N,P+T],

@@ -262,7 +262,7 @@ def supervised_warmup(cfg, state, obj, task, tokenizer, log):
         )
     else:
         lr = w.lr
-    opt = optax.adam(lr)
+    opt = optax.adamw(lr, weight_decay=w.weight_decay) if w.weight_decay else optax.adam(lr)
     params = state.params if obj.step_cfg.lora is None else state.frozen
     step_fn = make_sft_step(obj.apply_fn, opt)
     opt_state = opt.init(params)
