@@ -29,12 +29,11 @@ import hashlib
 import json
 import os
 import pathlib
-import random
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from gbmpo_jax import prompts
+from gbmpo_jax import arithmetic, prompts
 from gbmpo_jax.rewards.code import code_rewards
 from gbmpo_jax.rewards.math import extract_answer, gsm8k_reward, normalise_gold
 
@@ -256,96 +255,26 @@ def _load_gsm8k(split: str, source: str, opts: dict) -> list[Example]:
     return inner if split == "inner_train" else held
 
 
-def _hash_unit(text: str) -> float:
-    """A fixed pseudo-random number in [0, 1) from text (independent of Python's hash seed)."""
-    return int(hashlib.blake2b(text.encode(), digest_size=8).hexdigest(), 16) / 2.0**64
-
-
-def _without_carry(a: int, b: int, op: str) -> int:
-    """a op b computed digit by digit, forgetting every carry / borrow (a >= 0, b >= 0).
-
-    The classic student error: 37 + 8 -> 35, 37 - 8 -> 39. Equals a op b when no column
-    carries or borrows. Each column's digit is taken mod 10 (so for a < b the sign is
-    lost too: 3 - 8 -> 5).
-    """
-    out, place = 0, 1
-    while a or b:
-        x, y = a % 10, b % 10
-        out += ((x + y) % 10 if op == "+" else (x - y) % 10) * place
-        a, b, place = a // 10, b // 10, place * 10
-    return out
-
-
 def _load_arithmetic(split: str, source: str, opts: dict) -> list[Example]:
-    """Problems like "What is 37 + 48?"; knobs: digits, operands, operations, size, seed, answer.
-
-    ``answer`` is the gold completion (the SFT target of tiny-model warm-ups): ``worked``
-    = ``"37 + 48 = 85\n#### 85"``, ``short`` = ``"#### 85"`` (3x fewer completion tokens for
-    character-level CPU demos; the reward reads either through the ``####`` rule).
-    ``last_digits`` (0 = ``digits``) sizes the final operand alone: digits=2, last_digits=1
-    gives "What is 37 + 8?" (1,800 distinct problems with ``+-``). ``size`` 0 = 2,000 train /
-    200 other problems, or every distinct problem of the split when fewer exist.
-    ``teacher_error`` (two-operand ``+-`` only) makes the *demonstration* imperfect the way a
-    student is: in that fraction of the problems that need a carry or borrow (chosen by a hash
-    of the problem, so fixed), ``reference`` drops it (37 + 8 -> "#### 35", 37 - 8 -> "#### 39").
-    ``answer``, which the reward checks, stays exact: a warm-up on these demonstrations learns
-    the error, and RL on the exact-answer reward has to unlearn it (the CPU demo).
-    """
-    digits, n_ops, ops = opts["digits"], opts["operands"], opts["operations"]
+    """Problems from `arithmetic` (knobs there) as examples; ``style`` picks the prompt
+    (`prompts.arithmetic_messages`) and ``answer`` the gold completion (the SFT target of
+    tiny-model warm-ups): ``worked`` = ``"37 + 48 = 85\n#### 85"``, ``short`` = ``"#### 85"``
+    (3x fewer completion tokens for character-level CPU demos; the reward reads either through
+    the ``####`` rule). The reference shows the teacher's result (``teacher_error``), the
+    answer is always exact."""
     if opts["answer"] not in ("worked", "short"):
         raise ValueError(f"arithmetic option answer={opts['answer']!r}: use 'worked' or 'short'")
-    if digits < 1 or n_ops < 2 or not ops or set(ops) - set("+-*"):
-        raise ValueError(
-            "arithmetic options: digits >= 1, operands >= 2, operations a subset of '+-*' "
-            f"(got digits={digits}, operands={n_ops}, operations={ops!r})"
-        )
     split = "train" if split == "inner_train" else split
-    size = opts["size"] if opts["size"] > 0 else (2000 if split == "train" else 200)
-    tag = "" if opts["last_digits"] in (0, digits) else f"/{opts['last_digits']}"
-    rng = random.Random(f"{opts['seed']}/{digits}/{n_ops}/{ops}{tag}")
-    last = opts["last_digits"] or digits
-    if last < 1:
-        raise ValueError(f"arithmetic option last_digits={last}: use 0 (= digits) or >= 1")
-    err = float(opts["teacher_error"])
-    if not 0.0 <= err <= 1.0 or (err and (n_ops != 2 or "*" in ops)):
-        raise ValueError(
-            f"arithmetic option teacher_error={err}: use a fraction in [0, 1], and only with "
-            "operands=2 and operations from '+-'"
+    return [
+        Example(
+            id=f"arith/{hashlib.blake2b(p.expr.encode(), digest_size=6).hexdigest()}",
+            prompt=prompts.arithmetic_messages(f"What is {p.expr}?", opts["style"]),
+            answer=str(p.value),
+            reference=(f"{p.expr} = {p.shown}\n" if opts["answer"] == "worked" else "")
+            + f"#### {p.shown}",
         )
-
-    def bounds(d: int) -> tuple[int, int]:
-        return (0 if d == 1 else 10 ** (d - 1)), 10**d - 1
-
-    seen, out = set(), []
-    for _ in range(200 * size):
-        nums = [rng.randint(*bounds(digits)) for _ in range(n_ops - 1)]
-        nums.append(rng.randint(*bounds(last)))
-        expr = str(nums[0]) + "".join(f" {rng.choice(ops)} {n}" for n in nums[1:])
-        bucket = int(hashlib.blake2b(expr.encode(), digest_size=8).hexdigest(), 16) % 10
-        home = "test" if bucket == 0 else "validation" if bucket == 1 else "train"
-        if expr in seen or home != split:
-            continue
-        seen.add(expr)
-        question = f"What is {expr}?"
-        value = eval(expr, {"__builtins__": {}})  # digits and + - * only, built above
-        shown = value
-        if err and _hash_unit(f"teacher/{expr}") < err:
-            shown = _without_carry(nums[0], nums[1], expr.split()[1])
-        out.append(Example(
-            id=f"arith/{hashlib.blake2b(expr.encode(), digest_size=6).hexdigest()}",
-            prompt=prompts.arithmetic_messages(question, opts["style"]),
-            answer=str(value),
-            reference=(f"{expr} = {shown}\n" if opts["answer"] == "worked" else "")
-            + f"#### {shown}",
-        ))  # fmt: skip
-        if len(out) == size:
-            return out
-    if opts["size"] == 0 and out:  # the default size, capped at the distinct problems found
-        return out
-    raise ValueError(
-        f"only {len(out)} distinct {split} problems with digits={digits}, operands={n_ops}, "
-        f"operations={ops!r}: lower task option size or raise digits/operands"
-    )
+        for p in arithmetic.problems(split, opts)
+    ]
 
 
 # ----------------------------------------------------------------------------- code tasks
@@ -432,17 +361,7 @@ def _load_humaneval(split: str, source: str, opts: dict) -> list[Example]:
 # ----------------------------------------------------------------------------- registry
 
 _HELD_OUT = {"val_fraction": 0.2, "split_seed": 42}
-_ARITH = {
-    "digits": 2,
-    "operands": 2,
-    "operations": "+-",
-    "size": 0,
-    "seed": 0,
-    "style": "tutor",
-    "answer": "worked",
-    "last_digits": 0,
-    "teacher_error": 0.0,
-}
+_ARITH = {**arithmetic.DEFAULTS, "style": "tutor", "answer": "worked"}
 _CODE_SPLITS = ("train", "inner_train", "validation", "test", "prompt")
 
 TASKS: dict[str, Task] = {
