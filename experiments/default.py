@@ -8,14 +8,20 @@ What:     the "demo" model (a 4-layer Qwen2-shaped transformer, hidden 128, 0.8M
           demonstrations from an imperfect teacher: in 60% of the problems that need a carry or
           a borrow the demonstration drops it (task option teacher_error=0.6: "37 + 8" ->
           "#### 35"). Then GBMPO (ProbL2 regulariser towards the warm-up policy, lambda 0.1,
-          Dr. GRPO advantages and loss, 16 prompts x G=8 at T=1, Adam lr 1e-4 constant) trains
+          Dr. GRPO advantages and loss, 16 prompts x G=8 at T=1, Adam lr 1e-4 cosine to 0) trains
           on the exact-answer reward alone for 250 steps. The warm-up output is both the RL
           starting point and the frozen reference policy.
 Task:     "a op b =" with a two-digit a, a one-digit b and op in {+, -} (1,800 distinct
           problems), split by a hash of the text, so the 160 held-out validation problems
           scored (greedy) at RL step 0 and every 25 steps never appear in training. Prompt style
           "terse" (26 tokens with the chat template -> the 32-token bucket), answer "#### N".
-Measured: MEASURED
+Measured: `make train ARGS="run.seed=S"` on this 2-core CPU (idle), greedy held-out accuracy
+          at RL step 0 -> step 250: seed 0 58.8% -> 84.4% (+25.6 points, 8m04s wall),
+          seed 1 58.1% -> 90.0% (+31.9, 7m50s), seed 2 60.6% -> 93.1% (+32.5, 7m58s);
+          peak RSS 1.5 GB. Curves in runs/<date>-<time>_default/curves.png (seed 0 in
+          docs/demo_curves.png). Tuning record: without warm-up weight decay seed 2 stayed on
+          the plateau (5.6%); RL lr 2e-4 or G=16 x 8 prompts learned less (79% / 82% vs 91%
+          at step 100 from the same start); a constant RL lr ended +22.5 to +25 (noisy end).
 Smoke:    make train EXP=default:smoke
 """
 
