@@ -7,7 +7,7 @@ asserts/s, median and p90 seconds per program, and that every one passed (a wron
 a throughput number meaningless). Math: ``gsm8k_reward`` calls per second on the 1,319 GSM8K
 test golds wrapped as completions.
 
-Data: ``../shared/data`` beside the repository (or ``GBMPO_SHARED_DATA``).
+Data: the MBPP / GSM8K copies that ship with the package (``task.source=bundled``).
 Usage: ``python -m bench.rewards_bench [--quick]`` prints JSON; a harness calls ``run(quick)``.
 Quick mode: 32 programs, no concurrency-1 pass.
 """
@@ -21,18 +21,14 @@ import pathlib
 import statistics
 import time
 
+from gbmpo_jax.data import BUNDLED_DIR, read_rows
 from gbmpo_jax.rewards.math import gsm8k_reward
 from gbmpo_jax.rewards.sandbox import CodeJob, run_many
 
-SHARED = pathlib.Path(
-    os.environ.get(
-        "GBMPO_SHARED_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-    )
-)
 
 
 def _mbpp_jobs(n: int) -> list[CodeJob]:
-    rows = [json.loads(ln) for ln in (SHARED / "mbpp" / "sanitized-mbpp.jsonl").open()]
+    rows = read_rows(BUNDLED_DIR / "mbpp" / "sanitized-mbpp.jsonl.gz")
     rows.sort(key=lambda r: (len(r["code"]), r["task_id"]))
     return [
         CodeJob(r["code"], r["test_list"], r["test_setup_code"], r["test_imports"], 5.0)
@@ -60,8 +56,8 @@ def _code_case(jobs: list[CodeJob], workers: int | None) -> dict:
 
 def _math_case() -> dict:
     golds = [
-        json.loads(ln)["answer"].split("####")[-1].strip()
-        for ln in (SHARED / "gsm8k" / "test.jsonl").open()
+        r["answer"].split("####")[-1].strip()
+        for r in read_rows(BUNDLED_DIR / "gsm8k" / "test.jsonl.gz")
     ]
     comps = [f"Let me work it out step by step: 3 + 4 = 7.\nThe answer is {g}." for g in golds]
     t0 = time.perf_counter()

@@ -6,16 +6,11 @@ same objective, divergence, task and code paths, but a tiny random model with th
 tokenizer, short lengths and 2 steps.
 """
 
-import pathlib
-
 from gbmpo_jax.config import Config, override
 
-# The offline copies of the datasets laid beside the repository (tests, CI, CPU demos).
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-LOCAL_SOURCES = {
-    "gsm8k": ("gsm8k", SHARED_DATA / "gsm8k"),
-    "mbpp": ("mbpp_sanitized", SHARED_DATA / "mbpp" / "sanitized-mbpp.jsonl"),
-}
+# Tasks whose CPU variants read the offline copy shipped with the package
+# (src/gbmpo_jax/bundled_data): only the sanitized MBPP ships, so `mbpp` becomes `mbpp_sanitized`.
+BUNDLED_TASK = {"gsm8k": "gsm8k", "mbpp": "mbpp_sanitized", "mbpp_sanitized": "mbpp_sanitized"}
 
 # Divergence coefficients (lambda). KL: TRL's classic beta; ProbL2: the reference code's
 # config-class value; neural mirror: the reference code's value (PAPER.md section 2).
@@ -94,11 +89,10 @@ def mbpp(divergence: str) -> Config:
 
 def smoke(cfg: Config) -> Config:
     """The CPU smoke variant of `cfg`: tiny random model, char tokenizer, 2 steps, and the
-    offline copy of the dataset when it lies beside the repository."""
+    dataset copy that ships with the package (no network)."""
     local = {}
-    name, path = LOCAL_SOURCES.get(cfg.task.name, (cfg.task.name, None))
-    if path is not None and path.exists():
-        local = {"task.name": name, "task.source": str(path)}
+    if cfg.task.name in BUNDLED_TASK:
+        local = {"task.name": BUNDLED_TASK[cfg.task.name], "task.source": "bundled"}
     return override(
         cfg,
         **local,

@@ -4,7 +4,8 @@ Launch:   make train EXP=smollm2_gsm8k
 Smoke:    make train EXP=smollm2_gsm8k:smoke
 Hardware: any single GPU (about 1 h for 300 steps), or a CPU with a few hours to spare
           (a step of 4 prompts x G=8 with 256 new tokens takes minutes on 2 cores).
-Data:     the offline copy beside the repository when present, else the hub's openai/gsm8k.
+Data:     the GSM8K copy that ships with the package (task.source=bundled; the hub's
+          openai/gsm8k holds the same rows: task.source=openai/gsm8k).
 Expected: SmolLM2-135M starts near 2-4% greedy GSM8K validation accuracy; RL mostly fixes the
           answer format, so expect a few points of gain, not the paper's 4B-model numbers.
 """
@@ -15,14 +16,13 @@ from gbmpo_jax.config import Config, override
 
 
 def get_config(variant: str = ""):
-    local = _paper.LOCAL_SOURCES["gsm8k"][1]
     cfg = override(
         Config(),
         **{
             "name": "smollm2_gsm8k",
             "model.path": "smollm2",
             "task.name": "gsm8k",
-            "task.source": str(local) if local.exists() else "",
+            "task.source": "bundled",
             "task.eval_size": 100,
             "task.max_prompt_len": 384,
             "rollout.prompts_per_step": 4,

@@ -1,4 +1,7 @@
-"""Shared test set-up: 8 simulated CPU devices, no hub access, shared fixtures."""
+"""Shared test set-up: 8 simulated CPU devices, no hub access, shared fixtures.
+
+Data comes from the copies that ship with the package (`gbmpo_jax/bundled_data`), so a clone
+with nothing beside it passes."""
 
 import os
 
@@ -11,21 +14,6 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> pathlib.Path:
-    if not SHARED_DATA.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(
-                f"shared data missing at {SHARED_DATA}: CI must lay ../shared beside the clone"
-            )
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
-    return SHARED_DATA
-
 
 # --------------------------------------------------------------------------- SmolLM2 demo model
 def _smollm2_gguf() -> pathlib.Path:

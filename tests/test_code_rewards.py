@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from gbmpo_jax import data
 from gbmpo_jax.rewards import sandbox
 from gbmpo_jax.rewards.code import build_program, code_rewards, extract_code
 from gbmpo_jax.rewards.sandbox import CodeJob, run_many
@@ -66,8 +67,8 @@ def _alter_expected(test: str) -> str:
 
 
 @needs_bwrap
-def test_all_mbpp_reference_solutions_pass_and_altered_asserts_fail(shared_data):
-    rows = [json.loads(ln) for ln in (shared_data / "mbpp" / "sanitized-mbpp.jsonl").open()]
+def test_all_mbpp_reference_solutions_pass_and_altered_asserts_fail():
+    rows = data.read_rows(data.BUNDLED_DIR / "mbpp" / "sanitized-mbpp.jsonl.gz")
     assert len(rows) == 427
     # 30 s per assert: the test checks verdicts, not speed (task 123's reference needs ~6 s on
     # a loaded 2-core machine, beyond the paper's 5 s).

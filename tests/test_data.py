@@ -9,13 +9,13 @@ from gbmpo_jax.rewards import sandbox
 
 
 @pytest.fixture(scope="module")
-def gsm8k_dir(shared_data):
-    return str(shared_data / "gsm8k")
+def gsm8k_dir():
+    return str(data.BUNDLED_DIR / "gsm8k")
 
 
 @pytest.fixture(scope="module")
-def mbpp_file(shared_data):
-    return str(shared_data / "mbpp" / "sanitized-mbpp.jsonl")
+def mbpp_file():
+    return str(data.BUNDLED_DIR / "mbpp" / "sanitized-mbpp.jsonl.gz")
 
 
 def test_gsm8k_splits_sizes_disjoint_and_reproducible(gsm8k_dir):
@@ -73,7 +73,7 @@ def test_mbpp_splits_follow_task_id_ranges(mbpp_file):
 
 
 def test_mbpp_hub_style_field_names(tmp_path, mbpp_file):
-    rows = [json.loads(ln) for ln in open(mbpp_file)][:5]
+    rows = data.read_rows(mbpp_file)[:5]
     for r in rows:
         r["prompt"] = r.pop("text")
     f = tmp_path / "sanitized-test.jsonl"
@@ -86,7 +86,7 @@ def test_parquet_source(tmp_path, gsm8k_dir):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = [json.loads(ln) for ln in open(f"{gsm8k_dir}/test.jsonl")][:3]
+    rows = data.read_rows(f"{gsm8k_dir}/test.jsonl.gz")[:3]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "test-00000.parquet")
     got = data.load_split("gsm8k", "test", source=str(tmp_path))
     assert [e.answer for e in got] == [r["answer"].split("####")[-1].strip() for r in rows]
@@ -195,7 +195,7 @@ def test_errors_name_the_fix(tmp_path, gsm8k_dir):
     with pytest.raises(FileNotFoundError, match="not found"):
         data.load_split("gsm8k", "train", source=str(tmp_path / "train.jsonl"))
     with pytest.raises(ValueError, match="does not name"):
-        data.load_split("gsm8k", "test", source=f"{gsm8k_dir}/train.jsonl")
+        data.load_split("gsm8k", "test", source=f"{gsm8k_dir}/train.jsonl.gz")
     bad = tmp_path / "train.jsonl"
     bad.write_text(json.dumps({"q": "x"}) + "\n")
     with pytest.raises(KeyError, match="question"):
@@ -207,10 +207,8 @@ def test_hub_sources_use_the_right_configs_and_fields(monkeypatch, gsm8k_dir, mb
     splits concatenated then re-split by task_id, sanitized `prompt` vs full `text` fields."""
     import datasets
 
-    gsm = {
-        s: [json.loads(ln) for ln in open(f"{gsm8k_dir}/{s}.jsonl")][:5] for s in ("train", "test")
-    }
-    mbpp = [json.loads(ln) for ln in open(mbpp_file)]
+    gsm = {s: data.read_rows(f"{gsm8k_dir}/{s}.jsonl.gz")[:5] for s in ("train", "test")}
+    mbpp = data.read_rows(mbpp_file)
     calls = []
 
     def fake_load_dataset(hub_id, config, split):
@@ -276,3 +274,30 @@ def test_arithmetic_teacher_error_corrupts_only_carry_demonstrations():
     for bad in ({"teacher_error": "1.5"}, {"teacher_error": "0.5", "operations": "*"}):
         with pytest.raises(ValueError, match="teacher_error"):
             data.load_split("arithmetic", "train", options={**opts, **bad})
+
+
+def test_bundled_source_is_the_shipped_copy_and_names_what_is_missing():
+    # the default demo, smoke variants and tests read these without network
+    assert len(data.load_split("gsm8k", "test", source="bundled")) == 1319
+    sizes = {s: len(data.load_split("mbpp_sanitized", s, source="bundled"))
+             for s in ("test", "train", "validation", "prompt")}  # fmt: skip
+    assert sizes == {"test": 257, "train": 120, "validation": 43, "prompt": 7}
+    for license_file in ("gsm8k/LICENSE", "mbpp/LICENSE"):
+        assert (data.BUNDLED_DIR / license_file).is_file()
+    with pytest.raises(ValueError, match="mbpp_sanitized"):
+        data.load_split("mbpp", "test", source="bundled")  # only the sanitized file ships
+
+
+def test_repository_needs_nothing_beside_it():
+    """No tracked file reads a folder beside the clone: users clone the repository alone."""
+    import pathlib
+    import subprocess
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    sibling = ".." + "/shared"  # split so that this file does not match itself
+    files = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True,
+                           check=True).stdout.split()  # fmt: skip
+    hits = [f for f in files if (repo / f).is_file() and f.endswith((".py", ".sh", ".md", ".toml", ".txt", "Makefile"))
+            and (sibling in (repo / f).read_text(errors="ignore")
+                 or '"shared" / ' + '"data"' in (repo / f).read_text(errors="ignore"))]  # fmt: skip
+    assert not hits, f"files that need a folder beside the clone: {hits}"

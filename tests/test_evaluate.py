@@ -92,9 +92,8 @@ def test_contract_errors():
 
 
 @pytest.mark.skipif(sandbox.bwrap_path() is None, reason="bubblewrap not installed")
-def test_code_task_statuses_and_partial_reward(shared_data):
-    src = str(shared_data / "mbpp" / "sanitized-mbpp.jsonl")
-    examples = data.load_split("mbpp_sanitized", "prompt", source=src)[:4]
+def test_code_task_statuses_and_partial_reward():
+    examples = data.load_split("mbpp_sanitized", "prompt", source="bundled")[:4]
     refs = {e.id: e.reference for e in examples}
     ids = iter([e.id for e in examples])
 
@@ -111,10 +110,10 @@ def test_code_task_statuses_and_partial_reward(shared_data):
     assert summary["mean_reward"] == 0.75  # the failing program passes 0 of its asserts
 
 
-def test_cli_with_stub_generator(tmp_path, shared_data):
+def test_cli_with_stub_generator(tmp_path):
     args = evaluate._parser().parse_args([
         "--model", "unused", "--task", "gsm8k", "--split", "test", "--limit", "5",
-        "--source", str(shared_data / "gsm8k"), "--out", str(tmp_path), "--no-progress",
+        "--source", "bundled", "--out", str(tmp_path), "--no-progress",
     ])  # fmt: skip
     golds = [e.answer for e in data.load_split("gsm8k", "test", source=args.source)[:5]]
     answers = iter(golds[:3] + ["-1", "-1"])
@@ -145,7 +144,7 @@ def test_generate_text_adapter_groups_samples(monkeypatch):
 
 
 @pytest.mark.slow
-def test_cli_on_a_training_checkpoint(tmp_path, shared_data):
+def test_cli_on_a_training_checkpoint(tmp_path):
     """End to end with the real sampler: a 2-step smoke run, then evaluate its checkpoint."""
     import subprocess
     import sys
@@ -159,7 +158,7 @@ def test_cli_on_a_training_checkpoint(tmp_path, shared_data):
     assert (run_dir / "checkpoints").is_dir() and not (run_dir / "export").exists()
     args = evaluate._parser().parse_args([
         "--model", str(run_dir), "--task", "gsm8k", "--split", "test", "--limit", "2",
-        "--source", str(shared_data / "gsm8k"), "--out", str(tmp_path / "eval"),
+        "--source", "bundled", "--out", str(tmp_path / "eval"),
         "--max-new-tokens", "6", "--batch-size", "2", "--no-progress",
     ])  # fmt: skip
     summary = evaluate.run(args)

