@@ -17,14 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pathlib
 import statistics
 import time
 
 from gbmpo_jax.data import BUNDLED_DIR, read_rows
 from gbmpo_jax.rewards.math import gsm8k_reward
 from gbmpo_jax.rewards.sandbox import CodeJob, run_many
-
 
 
 def _mbpp_jobs(n: int) -> list[CodeJob]:

@@ -15,6 +15,7 @@ import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
 
+
 # --------------------------------------------------------------------------- SmolLM2 demo model
 def _smollm2_gguf() -> pathlib.Path:
     from gbmpo_jax import models

@@ -1,7 +1,6 @@
 """Code rewards: extraction, program building, and every MBPP reference solution in the sandbox."""
 
 import ast
-import json
 
 import pytest
 

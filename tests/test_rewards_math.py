@@ -1,7 +1,5 @@
 """Answer extraction and the GSM8K reward on real-looking model outputs."""
 
-import json
-
 import pytest
 
 from gbmpo_jax import data
