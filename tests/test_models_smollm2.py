@@ -88,3 +88,24 @@ def test_convert_cli_bfloat16(tmp_path, smollm2_model):
     ref = jax.tree.map(lambda a: np.asarray(a.astype("bfloat16")), smollm2_model.params)
     jax.tree.map(np.testing.assert_array_equal, model.params, ref)
     assert models.load_tokenizer(tmp_path / "bf16").chat_template
+
+
+def test_gguf_tokenizer_matches_transformers_reader():
+    """Our torch-free GGUF tokenizer equals AutoTokenizer(gguf_file=...) (which needs torch)."""
+    path = models.smollm2_gguf_path()
+    ref = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    ours = models.load_tokenizer(path)
+    corpus = PROMPTS + [
+        " leading space", "37 + 8 = 45\n#### 45", "  several   spaces\t\ttabs\n\n",
+        "déjà vu ✓ 日本語", "<|im_start|>user\nhi<|im_end|>", "",
+    ]  # fmt: skip
+    for text in corpus:
+        assert ours(text)["input_ids"] == ref(text)["input_ids"], text
+        ids = ref(text)["input_ids"]
+        assert ours.decode(ids) == ref.decode(ids)
+    conv = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+3?"}]
+    kw = dict(add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert ours.apply_chat_template(conv, **kw) == ref.apply_chat_template(conv, **kw)
+    for attr in ("eos_token_id", "bos_token_id", "pad_token_id", "unk_token_id"):
+        assert getattr(ours, attr) == getattr(ref, attr), attr
+    assert len(ours) == len(ref) and ours.all_special_ids == ref.all_special_ids
