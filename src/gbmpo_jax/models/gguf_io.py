@@ -139,6 +139,8 @@ def _open(path):
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file {path} not found")
+    if path.stat().st_size == 0:
+        raise ValueError(f"GGUF file {path} is empty (0 bytes): re-download or re-convert it")
     reader = parse_gguf(path)
     arch = _field(reader, "general.architecture")
     if arch not in SUPPORTED_GGUF_ARCHS:

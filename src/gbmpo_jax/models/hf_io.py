@@ -185,7 +185,17 @@ def load_hf_config(path, compute_dtype="float32", remat=False) -> ModelConfig:
     cfg_file = pathlib.Path(path) / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{cfg_file} not found: expected a Hugging Face model directory")
-    return from_hf_dict(json.loads(cfg_file.read_text()), compute_dtype, remat)
+    return from_hf_dict(read_json(cfg_file), compute_dtype, remat)
+
+
+def read_json(path: pathlib.Path) -> dict:
+    """A model directory's JSON file; a corrupt one is named in the error."""
+    try:
+        return json.loads(pathlib.Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"{path} is not valid JSON ({e}); re-download or re-export the model directory"
+        ) from None
 
 
 def load_hf_dir(path, dtype="float32", compute_dtype=None, remat=False):
@@ -241,7 +251,10 @@ def save_hf_dir(
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
         if tokenizer is not None:
+            from gbmpo_jax.models.tokenizer import check_reload
+
             tokenizer.save_pretrained(str(tmp))
+            check_reload(tokenizer, tmp)  # the export must tokenise as the run did
         old = None
         if path.exists():
             old = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
