@@ -2,8 +2,10 @@
 
 Names are slash-namespaced (`train/loss`, `rollout/reward_mean`, `div/mean`, `es/fitness_best`).
 Only process 0 writes. `metrics.jsonl` holds one JSON object per logged step with a `step`
-field; on resume it is truncated to the restored step so a resumed run's file is identical to
-an uninterrupted run's (see `truncate_after`).
+field. A run directory holds one run: on resume both `metrics.jsonl` and the TensorBoard event
+files are cut back to the restored step, and a fresh start (no usable checkpoint) clears them
+(`rewind`), so a resumed run's record is identical to an uninterrupted run's and a re-run never
+appends to an old one.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import json
 import math
 import os
 import pathlib
+import shutil
+import struct
 import sys
 import time
 
@@ -35,6 +39,54 @@ def truncate_after(path: pathlib.Path, step: int) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(keep))
     os.replace(tmp, path)
+
+
+def _records(data: bytes):
+    """Raw TFRecord frames of an event file: (frame bytes, payload); stops at a torn tail."""
+    pos = 0
+    while pos + 12 <= len(data):
+        (n,) = struct.unpack("<Q", data[pos : pos + 8])
+        end = pos + 12 + n + 4
+        if end > len(data):
+            return
+        yield data[pos:end], data[pos + 12 : pos + 12 + n]
+        pos = end
+
+
+def truncate_events(tb_dir: pathlib.Path, step: int) -> None:
+    """Drops TensorBoard events with `step` > step from every event file under `tb_dir`.
+
+    Frames are copied byte for byte (their CRCs stay valid); only the step is parsed.
+    """
+    from tensorboardX.proto.event_pb2 import Event
+
+    for path in sorted(pathlib.Path(tb_dir).glob("**/events.out.tfevents.*")):
+        keep = []
+        for frame, payload in _records(path.read_bytes()):
+            ev = Event()
+            ev.ParseFromString(payload)
+            if ev.step <= step:
+                keep.append(frame)
+        if not keep:
+            path.unlink()
+            continue
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(b"".join(keep))
+        os.replace(tmp, path)
+
+
+def rewind(workdir, step: int) -> None:
+    """Cuts the run's record back to `step`: metrics.jsonl and the event files under tb/.
+    step = -1 (a fresh start) removes both, so the directory never holds two runs."""
+    workdir = pathlib.Path(workdir)
+    if step < 0:
+        (workdir / "metrics.jsonl").unlink(missing_ok=True)
+        if (workdir / "tb").is_dir():
+            shutil.rmtree(workdir / "tb")
+        return
+    truncate_after(workdir / "metrics.jsonl", step)
+    if (workdir / "tb").is_dir():
+        truncate_events(workdir / "tb", step)
 
 
 def read_jsonl(path) -> list[dict]:
