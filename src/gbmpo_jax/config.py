@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 
@@ -282,6 +283,22 @@ def _one_of(value, options, key):
     _check(value in options, key, f"{value!r} is not one of {sorted(options)}")
 
 
+# Bounds past which a value is a typo rather than a choice (Adam lr > 1 diverges at once; a
+# divergence weight of 1e3 swamps any reward).
+MAX_LR = 1.0
+MAX_COEF = 1e3
+
+
+def _check_finite(node, prefix: str = "") -> None:
+    """Every float field must be finite: inf / nan pass `> 0` checks and fail much later."""
+    for f in dataclasses.fields(node):
+        v = getattr(node, f.name)
+        if dataclasses.is_dataclass(v):
+            _check_finite(v, f"{prefix}{f.name}.")
+        elif isinstance(v, float):
+            _check(math.isfinite(v), prefix + f.name, f"{v!r} is not a finite number")
+
+
 def validate(cfg: Config) -> Config:
     """Checks every field once at start; returns cfg unchanged or raises ConfigError."""
     from gbmpo_jax import advantages, data, divergences, losses
@@ -295,6 +312,7 @@ def validate(cfg: Config) -> Config:
         cfg.lora,
         cfg.run,
     )
+    _check_finite(cfg)
     _one_of(m.dtype, ("float32", "bfloat16"), "model.dtype")
     _one_of(m.compute_dtype, ("float32", "bfloat16"), "model.compute_dtype")
     _check(bool(m.path), "model.path", "set a HF directory, a .gguf file, 'smollm2' or 'random'")
@@ -302,7 +320,7 @@ def validate(cfg: Config) -> Config:
     _one_of(t.reward, ("binary", "partial"), "task.reward")
     _one_of(t.sandbox, ("bwrap", "unsafe_rlimits_only"), "task.sandbox")
     _check(t.max_prompt_len >= 8, "task.max_prompt_len", "must be >= 8")
-    _check(t.eval_size >= 1, "task.eval_size", "must be >= 1")
+    _check(t.eval_size >= 0, "task.eval_size", "must be >= 0 (0 = no held-out evaluation)")
     _check(r.prompts_per_step >= 1, "rollout.prompts_per_step", "must be >= 1")
     _check(r.group_size >= 2, "rollout.group_size", "group-relative advantages need >= 2")
     _check(r.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1")
@@ -319,7 +337,7 @@ def validate(cfg: Config) -> Config:
     _one_of(o.advantage, advantages.REGISTRY, "objective.advantage")
     _one_of(o.scale_rewards, ("group", "batch", "none"), "objective.scale_rewards")
     _one_of(o.divergence, divergences.REGISTRY, "objective.divergence")
-    _check(o.coef >= 0, "objective.coef", "must be >= 0")
+    _check(0 <= o.coef <= MAX_COEF, "objective.coef", f"must be in [0, {MAX_COEF:g}]")
     _one_of(o.loss_type, losses.AGGREGATIONS, "objective.loss_type")
     _check(0 <= o.epsilon_low < 1, "objective.epsilon_low", "must be in [0, 1)")
     _check(o.epsilon_high >= 0, "objective.epsilon_high", "must be >= 0")
@@ -332,7 +350,7 @@ def validate(cfg: Config) -> Config:
         f"must divide prompts_per_step * group_size = {n_rows}",
     )
     _one_of(o.mirror_init, ("reference", "random"), "objective.mirror_init")
-    _check(op.lr > 0, "optim.lr", "must be > 0")
+    _check(0 < op.lr <= MAX_LR, "optim.lr", f"must be in (0, {MAX_LR:g}]")
     _one_of(op.schedule, ("cosine", "linear", "constant"), "optim.schedule")
     _one_of(cfg.warmup.schedule, ("cosine", "constant"), "warmup.schedule")
     _check(cfg.warmup.weight_decay >= 0, "warmup.weight_decay", "must be >= 0")
@@ -356,6 +374,14 @@ def validate(cfg: Config) -> Config:
         "at most one axis may be -1",
     )
     _check(run.steps >= 0, "run.steps", "must be >= 0")
+    _check(0 <= run.seed < 2**32, "run.seed", "must be in [0, 2**32) (numpy and JAX seeds)")
+    _check(cfg.warmup.steps >= 0, "warmup.steps", "must be >= 0 (0 = no warm-up)")
+    _check(cfg.warmup.batch_size >= 1, "warmup.batch_size", "must be >= 1")
+    _check(0 < cfg.warmup.lr <= MAX_LR, "warmup.lr", f"must be in (0, {MAX_LR:g}]")
+    if m.path == "random":
+        from gbmpo_jax import presets
+
+        _one_of(m.random_shape, presets.SHAPES, "model.random_shape")
     _check(run.log_every >= 1, "run.log_every", "must be >= 1")
     _check(run.eval_every >= 0, "run.eval_every", "must be >= 0")
     _check(run.save_every_steps >= 1, "run.save_every_steps", "must be >= 1")

@@ -134,8 +134,19 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
         return pq.read_table(p).to_pylist()
     if p.name.endswith((".jsonl", ".jsonl.gz", ".json")):
         opener = gzip.open if p.suffix == ".gz" else open
+        rows = []
         with opener(p, "rt", encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(
+                        f"data file {p}, line {lineno}: not valid JSON ({e.msg} at column "
+                        f"{e.colno}); fix or delete that line"
+                    ) from None
+        return rows
     raise ValueError(f"data file {p}: unsupported format, use .jsonl, .jsonl.gz or .parquet")
 
 

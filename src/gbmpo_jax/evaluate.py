@@ -1,7 +1,10 @@
 """Held-out evaluation: greedy accuracy / pass@1 and sampled pass@k, per-example records.
 
 ``python -m gbmpo_jax.evaluate --model PATH --task gsm8k --split test [--samples 10 --k 1,5]``
-writes ``records.jsonl`` (prompt, completions, verdicts per example) and ``summary.json``.
+writes ``records.jsonl`` (prompt, completions, verdicts per example) and ``summary.json`` into
+a new directory (an earlier result is never replaced). ``--model RUN_DIR`` evaluates a training
+run with the run's own task, options, prompt style, lengths and held-out subset unless a flag
+overrides them (``run_evaluation.py``), and scores as the run's last evaluation did.
 
 The core, ``evaluate(examples, task, generate_fn, ...)``, takes any
 ``generate_fn(conversations, *, greedy, num_samples, max_new_tokens, key) -> [[str] * n] * B``,
@@ -186,15 +189,11 @@ def make_generate_fn(model, tokenizer, *, temperature=1.0, top_p=1.0, top_k=0) -
 
 
 def load_policy(path: str, dtype: str = "float32"):
-    """(model, tokenizer) from a HF directory, a ``.gguf``, "smollm2", or a training run
-    directory (its ``export/`` HF directory if present, else its latest checkpoint)."""
+    """(model, tokenizer) from a HF directory, a ``.gguf`` or "smollm2" (training run
+    directories go through ``run_evaluation``)."""
     from gbmpo_jax import models
 
     p = models.smollm2_gguf_path() if path == "smollm2" else pathlib.Path(path).expanduser()
-    if p.is_dir() and (p / "export").is_dir():
-        p = p / "export"
-    elif p.is_dir() and (p / "checkpoints").is_dir():
-        return _load_run_checkpoint(p)
     if not p.exists():
         raise FileNotFoundError(
             f"--model {path}: not found (a HF directory, a .gguf file, 'smollm2' or a run dir)"
@@ -202,34 +201,6 @@ def load_policy(path: str, dtype: str = "float32"):
     tokenizer = models.load_tokenizer(p)
     tokenizer.padding_side = "left"
     return models.load_pretrained(p, dtype=dtype), tokenizer
-
-
-def _load_run_checkpoint(run: pathlib.Path):
-    """Rebuild the run's state as train.py does, restore the latest step, merge LoRA."""
-    import jax
-
-    from gbmpo_jax import checkpoint, models, policy
-    from gbmpo_jax import config as config_lib
-    from gbmpo_jax.train_step import init_state, policy_params
-
-    cfg_file = run / "config.json"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{run} has checkpoints/ but no config.json: not a run directory")
-    cfg = config_lib.from_dict(json.loads(cfg_file.read_text()))
-    model, tokenizer = policy.load_model_and_tokenizer(cfg)
-    obj = policy.build_objective(cfg, model.config, tokenizer)
-    state = init_state(
-        model.params, obj.optimizer, obj.div_params, cfg.objective.coef, obj.step_cfg,
-        key=jax.random.fold_in(jax.random.key(cfg.run.seed), 0x10A),
-    )  # fmt: skip
-    ckpt = checkpoint.Checkpointer(run / "checkpoints")
-    step = ckpt.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"{run}/checkpoints holds no finished checkpoint")
-    state, _ = ckpt.restore(step, state)
-    ckpt.close()
-    params = jax.device_get(policy_params(state.params, state.frozen, obj.step_cfg))
-    return models.Model(model.config, params), tokenizer
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -240,37 +211,89 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m gbmpo_jax.evaluate", description=__doc__.split("\n")[0]
     )
     ap.add_argument("--model", required=True, help="HF dir, .gguf, 'smollm2' or a run directory")
-    ap.add_argument("--task", default="gsm8k", choices=sorted(data.TASKS))
-    ap.add_argument("--split", default="test")
+    # None = the run's own value for a run directory, else the default in DEFAULTS
+    ap.add_argument("--task", default=None, choices=sorted(data.TASKS))
+    ap.add_argument("--split", default=None)
     ap.add_argument("--source", default="", help="hub id, .jsonl/.parquet file or directory")
     ap.add_argument("--option", action="append", default=[], help="task option key=value")
     ap.add_argument("--limit", type=int, default=0, help="first N examples only (0 = all)")
+    ap.add_argument("--all", action="store_true",
+                    help="run directory: the whole split, not the run's held-out subset")  # fmt: skip
     ap.add_argument("--samples", type=int, default=0, help="n sampled completions (0 = greedy)")
     ap.add_argument("--k", default="1", help="comma-separated k for pass@k (sampled mode)")
     ap.add_argument("--temperature", type=float, default=0.6)
     ap.add_argument("--top-p", type=float, default=0.95)
     ap.add_argument("--top-k", type=int, default=0)
-    ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    ap.add_argument("--reward", default="binary", choices=("binary", "partial"))
-    ap.add_argument("--timeout-s", type=float, default=5.0, help="per-assert limit (code tasks)")
-    ap.add_argument("--sandbox", default="bwrap", choices=("bwrap", "unsafe_rlimits_only"))
-    ap.add_argument("--out", default="", help="output directory (default runs/eval_<date>_...)")
+    ap.add_argument("--dtype", default=None, choices=("float32", "bfloat16"))
+    ap.add_argument("--reward", default=None, choices=("binary", "partial"))
+    ap.add_argument("--timeout-s", type=float, default=None, help="per-assert limit (code tasks)")
+    ap.add_argument("--sandbox", default=None, choices=("bwrap", "unsafe_rlimits_only"))
+    ap.add_argument("--out", default="", help="output directory (default: a new one under "
+                    "runs/, or RUN_DIR/evals/ for a run directory)")  # fmt: skip
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--debug", action="store_true", help="print tracebacks of input errors")
     return ap
+
+
+# Flag values for a model that is not a run directory (a run directory supplies its own).
+DEFAULTS = {"task": "gsm8k", "split": "test", "max_new_tokens": 256, "batch_size": 8,
+            "dtype": "float32", "reward": "binary", "timeout_s": 5.0, "sandbox": "bwrap"}  # fmt: skip
+
+
+def fresh_output_dir(requested: str, default: pathlib.Path) -> pathlib.Path:
+    """A directory that holds no earlier result (not created yet). An explicit --out that does
+    is refused; the default gets a -2, -3, ... suffix when taken."""
+    from gbmpo_jax import errors
+
+    if requested:
+        out = pathlib.Path(requested)
+        if (out / "summary.json").exists() or (out / "records.jsonl").exists():
+            raise errors.InputError(
+                f"--out {requested}: already holds an evaluation (summary.json / "
+                "records.jsonl); pass a new directory or omit --out"
+            )
+    else:
+        out, n = default, 1
+        while out.exists():
+            n += 1
+            out = default.with_name(f"{default.name}-{n}")
+    return out
+
+
+def make_output_dir(out: pathlib.Path) -> pathlib.Path:
+    """Creates the directory chosen by `fresh_output_dir` (just before results are written)."""
+    from gbmpo_jax import errors
+
+    with errors.phase(f"--out {str(out)!r}", "pass a directory you can write"):
+        out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def run(args: argparse.Namespace, generate_fn: GenerateFn | None = None, count_tokens=None) -> dict:
     """The CLI body; ``generate_fn`` replaces the model (tests pass a stub)."""
+    from gbmpo_jax import run_evaluation
+
+    if generate_fn is None and run_evaluation.is_run_dir(args.model):
+        return run_evaluation.run(args)
+    args = argparse.Namespace(**{**vars(args), **{k: v for k, v in DEFAULTS.items()
+                                                  if getattr(args, k, None) is None}})  # fmt: skip
     options = {}
     for kv in args.option:
         if "=" not in kv:
             raise ValueError(f"--option {kv!r} must be key=value, e.g. --option digits=3")
         k, v = kv.split("=", 1)
         options[k] = v
-    examples = data.load_split(args.task, args.split, source=args.source, options=options)
+    from gbmpo_jax import errors
+
+    out = fresh_output_dir(  # checked first: a refused --out costs no model load
+        args.out, pathlib.Path(f"runs/eval_{datetime.date.today():%Y%m%d}_{args.task}_{args.split}")
+    )
+    with errors.phase(f"task {args.task!r} split {args.split!r} (--source {args.source!r})",
+                      "fix that file or pass another --source / --split"):  # fmt: skip
+        examples = data.load_split(args.task, args.split, source=args.source, options=options)
     if args.limit:
         examples = examples[: args.limit]
     greedy = args.samples == 0
@@ -279,15 +302,13 @@ def run(args: argparse.Namespace, generate_fn: GenerateFn | None = None, count_t
     if generate_fn is None:
         import jax
 
-        model, tokenizer = load_policy(args.model, args.dtype)
+        with errors.phase(f"--model {args.model!r}", "check that file / directory"):
+            model, tokenizer = load_policy(args.model, args.dtype)
         generate_fn = make_generate_fn(model, tokenizer, temperature=args.temperature,
                                        top_p=args.top_p, top_k=args.top_k)  # fmt: skip
         count_tokens = lambda s: len(tokenizer.encode(s, add_special_tokens=False))
         key = None if greedy else jax.random.key(args.seed)
-    out = pathlib.Path(
-        args.out or f"runs/eval_{datetime.date.today():%Y%m%d}_{args.task}_{args.split}"
-    )
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out)
     summary = evaluate(
         examples,
         args.task,
@@ -312,10 +333,17 @@ def run(args: argparse.Namespace, generate_fn: GenerateFn | None = None, count_t
     return summary
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    summary = run(_parser().parse_args(argv))
+def main(argv: Sequence[str] | None = None) -> int:
+    from gbmpo_jax import errors
+
+    args = _parser().parse_args(argv)
+    try:
+        summary = run(args)
+    except errors.user_errors() as e:
+        return errors.report(e, debug=args.debug)
     print(json.dumps(summary, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

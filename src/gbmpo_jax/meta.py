@@ -153,14 +153,16 @@ def run(cfg: config_lib.Config, mcfg: MetaCfg, workdir, *, log=print) -> dict:
              "best_fitness": jnp.asarray(-jnp.inf, jnp.float32)}  # fmt: skip
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=mcfg.keep, every_steps=1)
     history: list[dict] = []
-    start = ckpt.latest_step()
+    start = ckpt.latest_good_step(log)  # a step that fails its integrity check is skipped
     if start is not None:
         saved = ckpt.restore_meta(start)
         _check_same(saved, configs)
         state, meta = ckpt.restore(start, state)
         history = meta["history"]
-        metrics.truncate_after(workdir / "metrics.jsonl", start)
+        metrics.rewind(workdir, start)
         log(f"resumed ES from generation {start} in {workdir}")
+    else:
+        metrics.rewind(workdir, -1)  # a fresh start: no record of an earlier run stays
     start = start or 0
     (workdir / "config.json").write_text(json.dumps(configs, indent=2))
     writer = metrics.Writer(workdir)

@@ -15,6 +15,7 @@ divergence and its parameters, advantage function and the sampling config.
 from __future__ import annotations
 
 import pathlib
+import zipfile
 from typing import Any, NamedTuple
 
 import jax
@@ -117,9 +118,33 @@ def load_mirror_params(path: str) -> dict:
     p = pathlib.Path(path)
     if not p.is_file():
         raise ConfigError(f"objective.mirror_params_path={path!r} is not a file (.npz from meta)")
-    with np.load(p) as z:
-        params = {k: np.asarray(z[k], np.float32) for k in ("v", "w", "b", "a", "c")}
-    divergences.validate_mirror_params(params)
+    where = f"objective.mirror_params_path={path!r}"
+    keys = ("v", "w", "b", "a", "c")
+    if not zipfile.is_zipfile(p):
+        raise ConfigError(
+            f"{where}: not a .npz archive (an .npz is a zip file); pass the .npz that meta "
+            "saves (mirror_best.npz / mirror_mean.npz)"
+        )
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            missing = [k for k in keys if k not in z.files]
+            if missing:
+                raise ConfigError(
+                    f"{where}: the archive lacks {missing} (it holds {sorted(z.files)}); pass "
+                    "the .npz that meta saves (mirror_best.npz / mirror_mean.npz)"
+                )
+            params = {k: np.asarray(z[k], np.float32) for k in keys}
+    except (OSError, ValueError, EOFError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(
+            f"{where}: not a readable .npz archive ({str(e).splitlines()[0]}); pass the .npz "
+            "that meta saves (mirror_best.npz / mirror_mean.npz)"
+        ) from None
+    try:
+        divergences.validate_mirror_params(params)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
     return params
 
 

@@ -10,7 +10,16 @@ Resume order: build everything from the config; if the workdir holds a checkpoin
 different config (naming the fields), restore state, truncate metrics.jsonl to the restored
 step and continue at step + 1. Everything random is derived from (run.seed, step) and the
 data order from (run.seed, epoch), so a resumed run repeats an uninterrupted one exactly.
-SIGTERM (TPU preemption) finishes the step in flight, saves, and exits 0.
+Checkpoints are verified before use: a step that fails is reported, moved aside, and the run
+falls back to the newest good one (checkpoint.py). metrics.jsonl and the TensorBoard files are
+cut back to the restored step, or cleared on a fresh start, so a workdir holds one run.
+SIGTERM (TPU preemption) finishes the step in flight, saves, and exits 0; during the supervised
+warm-up it saves the warm-up's state (`warmup_checkpoint/`), which the next run continues.
+
+One process writes a workdir (`lock.RunLock`). Bad inputs (data, model, checkpoint, mirror
+map, workdir, config) end the CLI with one line naming the file or key, exit code 2, the
+traceback in `error.log` (or on stderr with --debug); a fresh workdir that fails before its
+first checkpoint is removed again.
 """
 
 from __future__ import annotations
@@ -20,8 +29,10 @@ import dataclasses
 import datetime
 import json
 import pathlib
+import shutil
 import signal
 import sys
+import threading
 import time
 
 import jax
@@ -32,7 +43,9 @@ from gbmpo_jax import (
     checkpoint,
     distributed,
     episodes,
+    errors,
     experiment,
+    lock,
     memory,
     metrics,
     models,
@@ -52,6 +65,7 @@ from gbmpo_jax.train_step import (
 )
 
 DONE_MARKER = "DONE"
+WARMUP_CKPT = "warmup_checkpoint"
 
 
 class _Preempted:
@@ -78,18 +92,67 @@ def default_workdir(name: str, root="runs") -> pathlib.Path:
 
 
 def _setup(cfg, workdir: pathlib.Path):
-    model, tokenizer = policy.load_model_and_tokenizer(cfg)
+    m, t = cfg.model, cfg.task
+    what = f"model.path={m.path!r}" + (f" / model.tokenizer={m.tokenizer!r}" if m.tokenizer else "")
+    with errors.phase(what, "check or replace that file / directory"):
+        model, tokenizer = policy.load_model_and_tokenizer(cfg)
     obj = policy.build_objective(cfg, model.config, tokenizer)
-    task = episodes.TrainData.from_config(cfg, tokenizer)
+    with errors.phase(f"task {t.name!r} data (task.source={t.source or 'default'!r})",
+                      "fix that file or set task.source to another"):  # fmt: skip
+        task = episodes.TrainData.from_config(cfg, tokenizer)
+    if not task.eval_examples and t.eval_size:
+        raise config_lib.ConfigError(
+            f"task.eval_split={t.eval_split!r}: task {t.name!r} (task.source="
+            f"{t.source or 'default'!r}) has no rows in that split, so the run would train "
+            "without evaluation; point task.source at data with that split, choose another "
+            "task.eval_split, or set task.eval_size=0 to train without held-out evaluation"
+        )
     return model, tokenizer, obj, task
 
 
+def _has_checkpoint(workdir: pathlib.Path) -> bool:
+    return any(
+        d.is_dir() and d.name.isdigit()
+        for sub in ("checkpoints", WARMUP_CKPT)
+        if (workdir / sub).is_dir()
+        for d in (workdir / sub).iterdir()
+    )
+
+
 def run(cfg: config_lib.Config, workdir, *, log=print) -> dict:
-    """Trains per `cfg` in `workdir` (resuming if it holds a checkpoint); returns a summary."""
+    """Trains per `cfg` in `workdir` (resuming if it holds a checkpoint); returns a summary.
+
+    Holds the workdir's lock for the whole run and the SIGTERM handler from the start (the
+    warm-up included); a workdir this call created is removed again if it fails before its
+    first checkpoint, so a bad input leaves nothing half-written."""
     cfg = config_lib.validate(cfg)
     workdir = pathlib.Path(workdir)
     is_main = jax.process_index() == 0
-    workdir.mkdir(parents=True, exist_ok=True)
+    created = not workdir.exists()
+    with errors.phase(f"--workdir {str(workdir)!r}", "pass a directory you can write"):
+        workdir.mkdir(parents=True, exist_ok=True)
+    run_lock = lock.RunLock(workdir).acquire() if is_main else None
+    if run_lock is not None and run_lock.stale:
+        log(f"took over the stale lock of process {run_lock.stale.get('pid')} (not running)")
+    preempted = _Preempted()
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, preempted) if main_thread else None
+    ok = False
+    try:
+        out = _run(cfg, workdir, log, preempted)
+        ok = True
+        return out
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        if run_lock is not None:
+            run_lock.release()
+        if not ok and created and is_main and not _has_checkpoint(workdir):
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run(cfg: config_lib.Config, workdir: pathlib.Path, log, preempted: _Preempted) -> dict:
+    is_main = jax.process_index() == 0
     model, tokenizer, obj, task = _setup(cfg, workdir)
     mc = model.config
     rows = cfg.rollout.prompts_per_step * cfg.rollout.group_size
@@ -128,17 +191,26 @@ def run(cfg: config_lib.Config, workdir, *, log=print) -> dict:
         every_steps=cfg.run.save_every_steps,
         every_minutes=cfg.run.save_every_minutes,
     )
-    latest = ckpt.latest_step()
+    latest = ckpt.latest_good_step(log)
     if latest is not None:
         checkpoint.check_compatible(ckpt.restore_meta(latest)["config"], cfg)
         state, meta = ckpt.restore(latest, state)  # restored onto state's shardings
         start = latest
-        metrics.truncate_after(workdir / "metrics.jsonl", start)
+        if is_main:
+            metrics.rewind(workdir, start)
         log(f"resumed from step {start} in {workdir}")
     else:
         start = 0
+        if is_main:  # a fresh start: no record of an earlier run may stay in the workdir
+            metrics.rewind(workdir, -1)
+            (workdir / DONE_MARKER).unlink(missing_ok=True)
         if cfg.warmup.steps:
-            state = supervised_warmup(cfg, state, obj, task, tokenizer, log)
+            state = supervised_warmup(cfg, state, obj, task, tokenizer, log,
+                                      workdir=workdir, preempted=preempted)  # fmt: skip
+            if state is None:  # SIGTERM during the warm-up: its state is saved
+                ckpt.close()
+                return {"step": 0, "warmup_interrupted": True, "first_eval": {},
+                        "last_eval": {}}  # fmt: skip
             state = jax.device_put(state, state_sh)
     if is_main:
         (workdir / "config.json").write_text(json.dumps(config_lib.to_dict(cfg), indent=2))
@@ -171,10 +243,11 @@ def run(cfg: config_lib.Config, workdir, *, log=print) -> dict:
     if latest is None:  # a fresh run (a restored step-0 checkpoint is already saved)
         first_eval = evaluate(0)
         ckpt.save(0, state, meta_for(0), force=True)
+        if (workdir / WARMUP_CKPT).exists():  # the warm-up is in step 0 now
+            ckpt.wait()
+            shutil.rmtree(workdir / WARMUP_CKPT, ignore_errors=True)
     else:
         first_eval = {}
-    preempted = _Preempted()
-    previous = signal.signal(signal.SIGTERM, preempted)
     progress = metrics.Progress(cfg.run.steps, start, enabled=is_main)
     last_eval = first_eval
     step = start
@@ -234,7 +307,6 @@ def run(cfg: config_lib.Config, workdir, *, log=print) -> dict:
                 log(f"SIGTERM: saved step {step}; exiting")
                 break
     finally:
-        signal.signal(signal.SIGTERM, previous)
         ckpt.close()
         writer.close()
     finished = step == cfg.run.steps and not preempted.flag
@@ -251,8 +323,12 @@ def run(cfg: config_lib.Config, workdir, *, log=print) -> dict:
     return summary
 
 
-def supervised_warmup(cfg, state, obj, task, tokenizer, log):
-    """Supervised warm-up on gold completions; the result is also the frozen reference."""
+def supervised_warmup(cfg, state, obj, task, tokenizer, log, *, workdir=None, preempted=None):
+    """Supervised warm-up on gold completions; the result is also the frozen reference.
+
+    With `workdir` the warm-up is resumable: on SIGTERM (`preempted.flag`) it saves its own
+    state (parameters, Adam moments, the data-sampling RNG) to `workdir/warmup_checkpoint` and
+    returns None; the next call continues from there bit-identically."""
     import optax
 
     w = cfg.warmup
@@ -267,12 +343,33 @@ def supervised_warmup(cfg, state, obj, task, tokenizer, log):
     step_fn = make_sft_step(obj.apply_fn, opt)
     opt_state = opt.init(params)
     rng = np.random.default_rng(cfg.run.seed)
-    for i in range(cfg.warmup.steps):
-        batch = episodes.sft_batch(task, tokenizer, rng, cfg.warmup.batch_size,
-                                   cfg.task.max_prompt_len)  # fmt: skip
-        params, opt_state, loss = step_fn(params, opt_state, batch)
-        if (i + 1) % max(cfg.warmup.steps // 5, 1) == 0:
-            log(f"warm-up {i + 1}/{cfg.warmup.steps}: nll {float(loss):.3f}")
+    first, saver = 0, None
+    if workdir is not None:
+        saver = checkpoint.Checkpointer(pathlib.Path(workdir) / WARMUP_CKPT, keep=1,
+                                        async_save=False)  # fmt: skip
+        first = saver.latest_good_step(log) or 0
+        if first:
+            checkpoint.check_compatible(saver.restore_meta(first)["config"], cfg)
+            (params, opt_state), meta = saver.restore(first, (params, opt_state))
+            rng.bit_generator.state = json.loads(meta["rng"])
+            log(f"warm-up: resumed at step {first}/{w.steps}")
+    try:
+        for i in range(first, w.steps):
+            batch = episodes.sft_batch(task, tokenizer, rng, w.batch_size,
+                                       cfg.task.max_prompt_len)  # fmt: skip
+            params, opt_state, loss = step_fn(params, opt_state, batch)
+            if (i + 1) % max(w.steps // 5, 1) == 0:
+                log(f"warm-up {i + 1}/{w.steps}: nll {float(loss):.3f}")
+            if preempted is not None and preempted.flag and saver is not None and i + 1 < w.steps:
+                meta = {"config": config_lib.to_dict(cfg), "step": i + 1,
+                        "rng": json.dumps(rng.bit_generator.state)}  # fmt: skip
+                saver.save(i + 1, (params, opt_state), meta, force=True)
+                log(f"SIGTERM: saved warm-up step {i + 1}/{w.steps} in {saver.directory}; "
+                    "exiting (rerun the same command to continue)")  # fmt: skip
+                return None
+    finally:
+        if saver is not None:
+            saver.close()
     return init_state(
         params, obj.optimizer, state.div_params, state.div_coef, obj.step_cfg,
         key=jax.random.fold_in(jax.random.key(cfg.run.seed), 0x10A),
@@ -288,7 +385,8 @@ def dry_run(cfg, workdir) -> dict:
 
         mc = presets.model_config(cfg.model.random_shape, len(tok))
     else:
-        mc = models.load_config(policy.resolve_model_path(cfg.model.path))
+        with errors.phase(f"model.path={cfg.model.path!r}", "check that directory / file"):
+            mc = models.load_config(policy.resolve_model_path(cfg.model.path))
     n_dev = jax.device_count() if cfg.mesh.num_devices == -1 else cfg.mesh.num_devices
     s = mesh_lib.axis_sizes(cfg.mesh, n_dev)
     est = memory.estimate(cfg, mc, data=s["data"], fsdp=s["fsdp"], tensor=s["tensor"])
@@ -309,15 +407,15 @@ def main(argv=None) -> int:
     ap.add_argument("--exp", default="default", help="experiment name, optionally NAME:smoke")
     ap.add_argument("--workdir", default=None, help="run directory (default runs/DATE_NAME)")
     ap.add_argument("--dry-run", action="store_true", help="print config + memory, then exit")
-    ap.add_argument("overrides", nargs="*", help="key=value config overrides")
-    args = ap.parse_args(argv)
+    ap.add_argument("--debug", action="store_true", help="print tracebacks of input errors")
+    ap.add_argument("overrides", nargs="*", help="key=value config overrides (anywhere)")
+    args = ap.parse_intermixed_args(argv)
     try:
         cfg = experiment.load(args.exp)
         cfg = config_lib.override(cfg, **config_lib.parse_overrides(args.overrides))
         cfg = config_lib.validate(cfg)
     except config_lib.ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+        return errors.report(e, debug=args.debug)
     workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(cfg.name)
     if not args.dry_run:
         distributed.initialize(cfg.mesh)  # before any other JAX call on multi-host runs
@@ -326,9 +424,10 @@ def main(argv=None) -> int:
             print(json.dumps(dry_run(cfg, workdir), indent=2))
             return 0
         summary = run(cfg, workdir)
-    except (config_lib.ConfigError, checkpoint.CheckpointMismatchError, mesh_lib.MeshError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except errors.user_errors() as e:
+        # a locked workdir belongs to the other run: leave its directory alone
+        log_file = None if isinstance(e, lock.WorkdirLockedError) else workdir / "error.log"
+        return errors.report(e, debug=args.debug, log_file=log_file)
     print(json.dumps({"workdir": str(workdir), **dataclasses.asdict(cfg.run), **summary},
                      default=str))  # fmt: skip
     return 0
