@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -59,24 +59,6 @@ class LoraConfig:
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
-
-
-def _flatten(tree, prefix=()):
-    """{path tuple: leaf} for a nested Mapping pytree."""
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, prefix + (k,)))
-        else:
-            out[prefix + (k,)] = v
-    return out
-
-
-def _set_path(tree: dict, path, value):
-    node = tree
-    for k in path[:-1]:
-        node = node.setdefault(k, {})
-    node[path[-1]] = value
 
 
 def _matches(path, cfg: LoraConfig) -> str | None:
@@ -112,12 +94,12 @@ def _split(path, shape, cfg: LoraConfig):
 def targets(base, cfg: LoraConfig) -> dict:
     """{path: (n_batch, n_in, n_out)} of the leaves that get adapters (static)."""
     out = {}
-    for path, leaf in _flatten(base).items():
+    for path, leaf in flatten_dict(base).items():
         split = _split(path, tuple(leaf.shape), cfg)
         if split is not None:
             out[path] = split
     if not out:
-        names = ["/".join(map(str, p)) for p in _flatten(base)]
+        names = ["/".join(map(str, p)) for p in flatten_dict(base)]
         raise ValueError(f"lora targets {cfg.targets} match no weight among {names[:20]}")
     return out
 
@@ -126,7 +108,7 @@ def init(key: jax.Array, base, cfg: LoraConfig) -> dict:
     """Adapter pytree mirroring the base paths: {... {"lora_a": A, "lora_b": B}} (float32)."""
     specs = targets(base, cfg)
     keys = jax.random.split(key, len(specs))
-    flat = _flatten(base)
+    flat = flatten_dict(base)
     adapters: dict = {}
     for k, (path, (nb, ni, _)) in zip(keys, specs.items(), strict=True):
         shape = flat[path].shape
@@ -135,8 +117,8 @@ def init(key: jax.Array, base, cfg: LoraConfig) -> dict:
         bound = 1.0 / math.sqrt(fan_in)
         a = jax.random.uniform(k, (*batch, fan_in, cfg.rank), jnp.float32, -bound, bound)
         b = jnp.zeros((*batch, cfg.rank, fan_out), jnp.float32)
-        _set_path(adapters, path, {"lora_a": a, "lora_b": b})
-    return adapters
+        adapters[path + ("lora_a",)], adapters[path + ("lora_b",)] = a, b
+    return unflatten_dict(adapters)
 
 
 def merge(base, adapters, cfg: LoraConfig):
@@ -144,16 +126,30 @@ def merge(base, adapters, cfg: LoraConfig):
 
     Pure and jittable; also the export path (`merge` then save the merged params)."""
     specs = targets(base, cfg)
-    flat_ad = _flatten(adapters)
-    merged: dict = {}
-    for path, leaf in _flatten(base).items():
+    flat_ad = flatten_dict(adapters)
+    merged = {}
+    for path, leaf in flatten_dict(base).items():
         if path in specs:
             a, b = flat_ad[path + ("lora_a",)], flat_ad[path + ("lora_b",)]
             delta = (cfg.scale * jnp.matmul(a, b)).reshape(leaf.shape)
             dt = jnp.promote_types(leaf.dtype, delta.dtype)
             leaf = leaf.astype(dt) + delta.astype(dt)
-        _set_path(merged, path, leaf)
-    return merged
+        merged[path] = leaf
+    return unflatten_dict(merged)
+
+
+def logical_axes(base_names, base_shapes, cfg: LoraConfig) -> dict:
+    """Logical axis names of the adapter pytree, from the base's names (same structure as
+    ``base_shapes``, leaves tuples of str | None): A [*batch, in, r] takes the base's batch and
+    (single) input name; B [*batch, r, out] takes the outermost output name (a flattened
+    (heads, head_dim) split on heads is the same contiguous blocks). Rank axes: None."""
+    names = flatten_dict(base_names)
+    out = {}
+    for path, (nb, ni, _) in targets(base_shapes, cfg).items():
+        n = names[path]
+        out[path + ("lora_a",)] = (*n[:nb], n[nb] if ni == 1 else None, None)
+        out[path + ("lora_b",)] = (*n[:nb], None, n[nb + ni])
+    return unflatten_dict(out)
 
 
 def num_params(adapters) -> int:

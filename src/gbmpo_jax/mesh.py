@@ -202,17 +202,10 @@ def _structs(model_config) -> dict:
 
 
 def lora_names(model_config, lora_cfg: lora_lib.LoraConfig) -> dict:
-    """Logical axes of the LoRA adapter pytree: A [*batch, in, r] takes the base's batch and
-    (single) input name; B [*batch, r, out] takes the outermost output name (a flattened
-    (heads, head_dim) split on heads is the same contiguous blocks). Rank axes: None."""
-    base_names = lora_lib._flatten(models.logical_axes(model_config))
-    out: dict = {}
-    for path, (nb, ni, _) in lora_lib.targets(_structs(model_config), lora_cfg).items():
-        n = base_names[path]
-        a_in = n[nb] if ni == 1 else None
-        lora_lib._set_path(out, path + ("lora_a",), (*n[:nb], a_in, None))
-        lora_lib._set_path(out, path + ("lora_b",), (*n[:nb], None, n[nb + ni]))
-    return out
+    """Logical axes of the LoRA adapter pytree (LoRA owns the rule: `lora.logical_axes`)."""
+    return lora_lib.logical_axes(
+        models.logical_axes(model_config), _structs(model_config), lora_cfg
+    )
 
 
 def _flat_specs(names, shapes, mesh, rules) -> dict[tuple, tuple[tuple, P]]:
