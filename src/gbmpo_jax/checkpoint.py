@@ -193,13 +193,12 @@ class Checkpointer:
                     n += 1
                     dest = self.rejected_dir / f"{step}-{n}"
                 shutil.move(str(where), dest)
+                self._mngr.reload()  # Orbax caches its step list
                 log(f"checkpoint step {step} failed verification: {problem}; moved {where} to "
                     f"{dest}; falling back to the previous step")  # fmt: skip
             else:
                 log(f"checkpoint step {step} failed verification: {problem} ({where}); "
                     "skipping it")  # fmt: skip
-        if reject:
-            self._mngr.reload()
         return None
 
     def latest_step(self) -> int | None:
