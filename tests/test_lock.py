@@ -88,3 +88,12 @@ def test_rewind_cuts_jsonl_and_event_files_to_the_step(tmp_path):
     assert sorted(_event_steps(tmp_path / "tb")) == sorted([0, 1, 2, 3, 4, 5] * 2)  # scalar+text
     metrics.rewind(tmp_path, -1)  # a fresh start keeps nothing of the old run
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "tb").exists()
+
+
+def test_the_es_runner_takes_the_lock_too(tmp_path):
+    from gbmpo_jax import meta
+
+    cfg, mcfg = meta.load("arith_es_meta:smoke")
+    with lock.RunLock(tmp_path), pytest.raises(lock.WorkdirLockedError, match="in use by"):
+        meta.run(cfg, mcfg, tmp_path, log=lambda *_: None)
+    assert not (tmp_path / "checkpoints").exists()  # refused before anything was written

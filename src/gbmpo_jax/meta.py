@@ -20,6 +20,7 @@ The mean's fitness (the meta-learning curve) is an extra inner run when meta.eva
 Resume: the ES state (mean, optimizer state, sigma, generation), the best member so far and
 the history are checkpointed (Orbax, `checkpoint.Checkpointer`) after every generation;
 a restart refuses a different config, truncates metrics.jsonl and continues at gen + 1.
+One process writes a workdir (`lock.RunLock`); checkpoints are verified before use.
 
 Outputs in the workdir: metrics.jsonl + tb/ (es/fitness_{mean,std,min,max,best}, es/sigma,
 es/update_norm, es/mean_fitness, es/member_fitness/<i>), es_curve.png, mirror_best.npz and
@@ -40,7 +41,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gbmpo_jax import checkpoint, episodes, es, es_report, experiment, metrics, policy, population
+from gbmpo_jax import (
+    checkpoint,
+    episodes,
+    es,
+    es_report,
+    experiment,
+    lock,
+    metrics,
+    policy,
+    population,
+)
 from gbmpo_jax import config as config_lib
 from gbmpo_jax.divergences import validate_mirror_params
 
@@ -128,8 +139,13 @@ def _members(params: dict, p: int) -> None:
 
 
 def run(cfg: config_lib.Config, mcfg: MetaCfg, workdir, *, log=print) -> dict:
-    """Runs (or resumes) ES in ``workdir``; returns a summary dict."""
+    """Runs (or resumes) ES in ``workdir``, holding its lock; returns a summary dict."""
     cfg, mcfg = validate_inner(cfg), validate_meta(mcfg)
+    with lock.RunLock(workdir):
+        return _run(cfg, mcfg, workdir, log=log)
+
+
+def _run(cfg: config_lib.Config, mcfg: MetaCfg, workdir, *, log=print) -> dict:
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     model, tokenizer = policy.load_model_and_tokenizer(cfg)

@@ -251,8 +251,10 @@ def _run(cfg: config_lib.Config, workdir: pathlib.Path, log, preempted: _Preempt
     progress = metrics.Progress(cfg.run.steps, start, enabled=is_main)
     last_eval = first_eval
     step = start
+    if preempted.flag:  # SIGTERM before the first step: step `start` is already saved
+        log(f"SIGTERM: step {start} is saved; exiting")
     try:
-        for step in range(start + 1, cfg.run.steps + 1):
+        for step in range(start + 1, cfg.run.steps + 1 if not preempted.flag else start + 1):
             t0 = time.monotonic()
             key_roll = jax.random.fold_in(base_key, step)
             examples = task.batch(step, cfg.rollout.prompts_per_step)
