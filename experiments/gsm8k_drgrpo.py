@@ -2,6 +2,13 @@
 
 Launch:   make train EXP=gsm8k_drgrpo
 Smoke:    make train EXP=gsm8k_drgrpo:smoke      (tiny random model on CPU, 2 steps, ~1 min)
+Rehearsal: make train EXP=gsm8k_drgrpo:rehearsal   (the accelerator path on CPU: bf16 + fp32 master
+          weights, remat, real Qwen3 tokenizer, sandbox, final test eval; tiny random model;
+          needs `make qwen3-tokenizer`)
+Lambda:   objective.coef = 0.04: TRL's original GRPO beta (DeepSeekMath); not in the reference code, whose
+          TRL 0.23 defaults to 0.0 (objective.coef=0.0: unregularised Dr. GRPO).
+Reports:  greedy accuracy on all 1,319 test problems (final/test_accuracy),
+          after 1,000 steps on the full train split (7,473).
 Hardware: 1 x H100 80GB (or a v5e-8 TPU slice), about 10 h.
 Expected: GSM8K test accuracy about 81% (paper: 81.2).
 """
@@ -13,4 +20,4 @@ from gbmpo_jax.config import override
 
 def get_config(variant: str = ""):
     cfg = override(_paper.gsm8k("kl"), name="gsm8k_drgrpo")
-    return _paper.smoke(cfg) if variant == "smoke" else cfg
+    return _paper.variant(cfg, variant)

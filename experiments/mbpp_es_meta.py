@@ -4,6 +4,7 @@ Launch:   make train EXP=mbpp_es_meta   (= python -m gbmpo_jax.meta --exp mbpp_e
           faithful reproduction of the paper's ES: add ARGS="meta.strategy=paper
           meta.sigma=0.01 meta.lr=0.01 meta.sigma_decay=0.99 meta.pop_size=10"
 Compare:  python -m gbmpo_jax.meta compare --exp mbpp_es_meta --seeds 3 --workdir <es run>
+          (each arm as the paper ran it: 1,600 steps, then greedy pass@1 on the full test split)
 Smoke:    python -m gbmpo_jax.meta --exp mbpp_es_meta:smoke   (tiny random model, CPU, ~1-2 min)
 Hardware: 1 x H100 80GB; one inner run = T=100 GBMPO steps (~55 min), members one at a time
           (full fine-tuning: P policies + Adam states do not fit one device), so 15
@@ -25,7 +26,16 @@ from gbmpo_jax.meta import MetaCfg
 def get_config(variant: str = ""):
     cfg = override(
         _paper.mbpp("neural_mirror"),
-        **{"name": "mbpp_es_meta", "run.steps": 100, "run.eval_every": 0, "task.eval_size": 90},
+        **{
+            "name": "mbpp_es_meta",
+            "run.steps": 100,
+            "run.eval_every": 0,
+            "task.eval_size": 90,
+            # ES: inner runs on inner_train, fitness on validation; the final test
+            # evaluation belongs to `compare`
+            "task.train_split": "inner_train",
+            "task.final_eval_split": "",
+        },
     )
     return _paper.smoke(cfg) if variant == "smoke" else cfg
 
@@ -33,4 +43,4 @@ def get_config(variant: str = ""):
 def get_meta_config(variant: str = "") -> MetaCfg:
     if variant == "smoke":
         return MetaCfg(pop_size=4, generations=1, population_mode="vmap", eval_mean=False)
-    return MetaCfg(pop_size=10, generations=15, population_mode="sequential")
+    return MetaCfg(pop_size=10, generations=15, population_mode="sequential", compare_steps=1600)

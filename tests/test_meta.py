@@ -108,12 +108,16 @@ def test_compare_runs_four_arms_over_seeds_on_test(monkeypatch, tmp_path):
         seen.append(cfg)
         acc = {"kl": 0.2, "prob_l2": 0.4, "neural_mirror": 0.3}[cfg.objective.divergence]
         acc += 0.1 * bool(cfg.objective.mirror_params_path) + 0.01 * cfg.run.seed
-        return {"last_eval": {"eval/accuracy": acc, "eval/mean_completion_chars": 10.0}}
+        return {"final_eval": {"final/test_accuracy": acc, "final/test_problems": 7,
+                               "final/test_mean_completion_chars": 10.0}}  # fmt: skip
 
     monkeypatch.setattr(train, "run", fake_run)
     cfg, mcfg = meta.load("arith_es_meta:smoke")
     rows = meta.compare(cfg, mcfg, tmp_path / "m.npz", 2, tmp_path, log=lambda *_: None)
     assert len(seen) == 8 and all(c.task.eval_split == "test" for c in seen)
+    # the paper's protocol: the whole test split at the end, trained on the full train split
+    assert all(c.task.final_eval_split == "test" and c.task.final_eval_size == 0 for c in seen)
+    assert all(c.task.train_split == "train" and c.run.steps == cfg.run.steps for c in seen)
     assert [c.objective.coef for c in seen[:4:2]] == [0.04, 0.1]
     assert seen[4].objective.divergence == "neural_mirror"
     assert seen[4].objective.mirror_init == cfg.objective.mirror_init
@@ -123,7 +127,16 @@ def test_compare_runs_four_arms_over_seeds_on_test(monkeypatch, tmp_path):
     assert by["neural mirror (ES)"]["acc_mean"] == pytest.approx(0.405)
     assert by["ProbL2"]["acc_std"] == pytest.approx(0.005)
     table = meta.es_report.table(rows)
-    assert "| neural mirror (ES) | 40.5 ± 0.5 | 10.0 | 2 |" in table
+    assert "| neural mirror (ES) | 40.5 ± 0.5 | 10.0 | 2 | 7 |" in table
+
+
+def test_compare_defaults_to_the_paper_length_for_paper_es_experiments():
+    for name, steps in (("gsm8k_es_meta", 1000), ("mbpp_es_meta", 1600)):
+        cfg, mcfg = meta.load(name)
+        assert mcfg.compare_steps == steps and cfg.run.steps == 100  # inner T stays 100
+        # ES itself never sees test: inner runs on inner_train, fitness on validation
+        assert (cfg.task.train_split, cfg.task.eval_split) == ("inner_train", "validation")
+        meta.validate_inner(cfg)
 
 
 # ------------------------------------------------------------------ real inner runs (tiny LLM)

@@ -8,7 +8,8 @@ consecutive rows (TRL's ``repeat_interleave`` layout). With group mean m_g and g
 * ``rloo``     (Ahmadian et al. 2024): A_i = r_i - mean_{j != i} r_j = G/(G-1) (r_i - m_g)
 
 ``scale_rewards`` (TRL names): ``"group"`` divides by the group std s_g, ``"batch"`` by the
-std of all N rewards, ``"none"`` not at all. Defaults: grpo -> group, dr_grpo / rloo -> none.
+std of all N rewards, ``"none"`` not at all; ``"auto"`` (or None) = the estimator's own
+default, `resolve_scale`: grpo -> group (TRL's GRPO), dr_grpo / rloo -> none.
 Std is the unbiased (ddof = 1) estimate, as torch's ``Tensor.std`` used by TRL, and
 eps = 1e-4 (TRL). A group is "zero-std" when all its rewards are equal (it then carries no
 learning signal); ``adv/zero_std_frac`` counts them.
@@ -63,17 +64,24 @@ def advantage_metrics(advantages: jax.Array, group_size: int) -> dict[str, jax.A
     }
 
 
+def resolve_scale(estimator: str, scale_rewards: str | None = "auto") -> str:
+    """The reward scaling actually used: ``scale_rewards`` unless it is "auto" / None, then
+    the estimator's default (grpo -> "group", dr_grpo / rloo -> "none")."""
+    if estimator not in REGISTRY:
+        raise ValueError(f"unknown advantage {estimator!r}; registered: {sorted(REGISTRY)}")
+    scale = REGISTRY[estimator].default_scale if scale_rewards in (None, "auto") else scale_rewards
+    if scale not in SCALES:
+        raise ValueError(f"scale_rewards={scale!r}: use one of {('auto', *SCALES)}")
+    return scale
+
+
 def make_advantage(
     estimator: str, scale_rewards: str | None = None, eps: float = 1e-4
 ) -> Callable[[jax.Array, int], tuple[jax.Array, dict]]:
     """Returns ``fn(rewards [N], group_size) -> (advantages [N] float32, metrics)``, jittable
     with ``group_size`` static."""
-    if estimator not in REGISTRY:
-        raise ValueError(f"unknown advantage {estimator!r}; registered: {sorted(REGISTRY)}")
+    scale = resolve_scale(estimator, scale_rewards)
     est = REGISTRY[estimator]
-    scale = est.default_scale if scale_rewards is None else scale_rewards
-    if scale not in SCALES:
-        raise ValueError(f"scale_rewards={scale!r}: use one of {SCALES}")
 
     def fn(rewards: jax.Array, group_size: int):
         g = _groups(rewards, group_size)

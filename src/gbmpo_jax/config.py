@@ -42,6 +42,13 @@ class TaskCfg:
     code_timeout_s: float = 5.0
     sandbox: str = "bwrap"  # bwrap | unsafe_rlimits_only
     options: tuple[tuple[str, str], ...] = ()  # task-specific knobs, e.g. (("digits", "2"),)
+    # extra chat-template variables for every prompt (training, evaluation, ES), e.g.
+    # enable_thinking:false for Qwen3; values true/false/ints are parsed (prompts.template_kwargs)
+    chat_template_kwargs: tuple[tuple[str, str], ...] = ()
+    # after the last step: greedy evaluation on this split ("" = none), logged as final/<split>_*;
+    # final_eval_size 0 = the whole split
+    final_eval_split: str = ""
+    final_eval_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -60,7 +67,8 @@ class RolloutCfg:
 @dataclass(frozen=True)
 class ObjectiveCfg:
     advantage: str = "dr_grpo"  # grpo | dr_grpo | rloo
-    scale_rewards: str = "none"  # group | batch | none
+    # auto = the estimator's own (grpo: group, dr_grpo / rloo: none) | group | batch | none
+    scale_rewards: str = "auto"
     divergence: str = "kl"  # a key of divergences.REGISTRY
     coef: float = 0.04  # lambda, the divergence weight
     loss_type: str = "dr_grpo"  # grpo | dr_grpo | bnpo | dapo
@@ -72,6 +80,9 @@ class ObjectiveCfg:
     micro_batches: int = 1  # gradient accumulation inside one jitted update
     mirror_params_path: str = ""  # .npz of neural-mirror coefficients (e.g. learned by ES)
     mirror_init: str = "reference"  # reference (uniform[0,0.01), seed 42) | random
+    # TRL >= 1.x `use_bias_correction_kl`: the per-token divergence times the importance
+    # ratio (see losses.py); off = TRL 0.23, the paper's reference
+    use_bias_correction_kl: bool = False
 
 
 @dataclass(frozen=True)
@@ -321,6 +332,9 @@ def validate(cfg: Config) -> Config:
     _one_of(t.sandbox, ("bwrap", "unsafe_rlimits_only"), "task.sandbox")
     _check(t.max_prompt_len >= 8, "task.max_prompt_len", "must be >= 8")
     _check(t.eval_size >= 0, "task.eval_size", "must be >= 0 (0 = no held-out evaluation)")
+    _check(t.final_eval_size >= 0, "task.final_eval_size", "must be >= 0 (0 = the whole split)")
+    if t.final_eval_split:
+        _one_of(t.final_eval_split, data.TASKS[t.name].splits, "task.final_eval_split")
     _check(r.prompts_per_step >= 1, "rollout.prompts_per_step", "must be >= 1")
     _check(r.group_size >= 2, "rollout.group_size", "group-relative advantages need >= 2")
     _check(r.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1")
@@ -335,7 +349,7 @@ def validate(cfg: Config) -> Config:
     _check(0 <= r.min_p < 1, "rollout.min_p", "must be in [0, 1)")
     _check(r.repetition_penalty > 0, "rollout.repetition_penalty", "must be > 0")
     _one_of(o.advantage, advantages.REGISTRY, "objective.advantage")
-    _one_of(o.scale_rewards, ("group", "batch", "none"), "objective.scale_rewards")
+    _one_of(o.scale_rewards, ("auto", "group", "batch", "none"), "objective.scale_rewards")
     _one_of(o.divergence, divergences.REGISTRY, "objective.divergence")
     _check(0 <= o.coef <= MAX_COEF, "objective.coef", f"must be in [0, {MAX_COEF:g}]")
     _one_of(o.loss_type, losses.AGGREGATIONS, "objective.loss_type")

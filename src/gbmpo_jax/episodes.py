@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gbmpo_jax import data, sampling
+from gbmpo_jax import data, prompts, sampling
 from gbmpo_jax import evaluate as evaluate_lib
 
 
@@ -31,11 +31,13 @@ def _repeat(examples, g):
 class TrainData:
     """Training examples in seeded epochs, the eval subset, and rewards for one run."""
 
-    def __init__(self, task: data.Task, train, eval_examples, *, seed: int, reward_kwargs):
+    def __init__(self, task: data.Task, train, eval_examples, *, seed: int, reward_kwargs,
+                 chat_kwargs=None):  # fmt: skip
         if not train:
             raise ValueError(f"task {task.name!r}: the training split is empty")
         self.task, self.train, self.eval_examples = task, list(train), list(eval_examples)
         self.seed, self.reward_kwargs = seed, dict(reward_kwargs)
+        self.chat_kwargs = dict(chat_kwargs or {})  # chat-template variables of every prompt
         self._perms: dict[int, np.ndarray] = {}
 
     @classmethod
@@ -60,7 +62,8 @@ class TrainData:
         if task.kind == "code":
             kw = {"partial": t.reward == "partial", "timeout_s": t.code_timeout_s,
                   "sandbox": t.sandbox}  # fmt: skip
-        return cls(task, train, held, seed=cfg.run.seed, reward_kwargs=kw)
+        return cls(task, train, held, seed=cfg.run.seed, reward_kwargs=kw,
+                   chat_kwargs=prompts.template_kwargs(t.chat_template_kwargs))  # fmt: skip
 
     def _perm(self, epoch: int) -> np.ndarray:
         if epoch not in self._perms:
@@ -88,13 +91,16 @@ class TrainData:
                           np.float32)  # fmt: skip
 
 
-def encode_prompts(tokenizer, conversations, max_prompt_len: int, pad_id: int):
-    """(ids [B,P], mask [B,P]) int32: chat template, left-truncated, left-padded, bucketed."""
+def encode_prompts(tokenizer, conversations, max_prompt_len: int, pad_id: int,
+                   chat_kwargs=None):  # fmt: skip
+    """(ids [B,P], mask [B,P]) int32: chat template (with the extra template variables
+    `chat_kwargs`, e.g. enable_thinking=False), left-truncated, left-padded, bucketed."""
     toks = []
     for conv in conversations:
         ids = tokenizer.apply_chat_template(
-            list(conv), add_generation_prompt=True, tokenize=True, return_dict=False
-        )
+            list(conv), add_generation_prompt=True, tokenize=True, return_dict=False,
+            **(chat_kwargs or {}),
+        )  # fmt: skip
         toks.append(list(ids)[-max_prompt_len:])
     ids, mask = sampling.pad_prompts(toks, pad_id)
     if ids.shape[1] > max_prompt_len:  # the bucket overshoots: pad to the cap exactly
@@ -123,12 +129,13 @@ def _global_prompts(ids, mask, mesh):
 
 
 def rollout(model, tokenizer, examples, sampling_cfg, key, max_prompt_len: int, *,
-            generate=sampling.generate, mesh=None) -> Episode:  # fmt: skip
+            generate=sampling.generate, mesh=None, chat_kwargs=None) -> Episode:  # fmt: skip
     """G completions per example. With `mesh` and several processes, every host runs the
     same global rollout and decodes / scores only its own rows (`Episode.rows`)."""
     ids, mask = encode_prompts(
-        tokenizer, [e.prompt for e in examples], max_prompt_len, sampling_cfg.pad_token_id
-    )
+        tokenizer, [e.prompt for e in examples], max_prompt_len, sampling_cfg.pad_token_id,
+        chat_kwargs,
+    )  # fmt: skip
     multihost = mesh is not None and jax.process_count() > 1
     if multihost:
         ids, mask = _global_prompts(ids, mask, mesh)
@@ -178,7 +185,7 @@ def rollout_metrics(ep: Episode, rewards: np.ndarray) -> dict:
 
 
 def make_generate_fn(model, tokenizer, sampling_cfg, max_prompt_len: int, batch_size: int,
-                     generate=sampling.generate):  # fmt: skip
+                     generate=sampling.generate, chat_kwargs=None):  # fmt: skip
     """`evaluate.GenerateFn` over our sampler; short batches are padded to `batch_size` rows
     so every eval batch reuses one compiled program."""
 
@@ -186,7 +193,8 @@ def make_generate_fn(model, tokenizer, sampling_cfg, max_prompt_len: int, batch_
         convs = list(conversations)
         n = len(convs)
         convs += [convs[-1]] * (batch_size - n)
-        ids, mask = encode_prompts(tokenizer, convs, max_prompt_len, sampling_cfg.pad_token_id)
+        ids, mask = encode_prompts(tokenizer, convs, max_prompt_len, sampling_cfg.pad_token_id,
+                                   chat_kwargs)  # fmt: skip
         sc = sampling_cfg.__class__(**{
             **sampling_cfg.__dict__, "greedy": greedy, "group_size": num_samples,
             "max_new_tokens": max_new_tokens,
@@ -207,7 +215,8 @@ def evaluate(model, tokenizer, td: TrainData, sampling_cfg, max_prompt_len: int,
              batch_size: int = 16, generate=sampling.generate) -> dict:  # fmt: skip
     """Greedy accuracy on the fixed held-out subset, as `eval/*` scalars."""
     bs = min(batch_size, len(td.eval_examples))
-    gen = make_generate_fn(model, tokenizer, sampling_cfg, max_prompt_len, bs, generate)
+    gen = make_generate_fn(model, tokenizer, sampling_cfg, max_prompt_len, bs, generate,
+                           td.chat_kwargs)  # fmt: skip
     s = evaluate_lib.evaluate(
         td.eval_examples, td.task, gen, greedy=True, max_new_tokens=sampling_cfg.max_new_tokens,
         batch_size=bs, reward_kwargs={k: v for k, v in td.reward_kwargs.items()},
@@ -216,6 +225,35 @@ def evaluate(model, tokenizer, td: TrainData, sampling_cfg, max_prompt_len: int,
         "eval/accuracy": s["accuracy"],
         "eval/mean_reward": s["mean_reward"],
         "eval/mean_completion_chars": s["mean_completion_chars"],
+    }
+
+
+def final_evaluation(model, tokenizer, cfg, td: TrainData, sampling_cfg, *, batch_size: int = 64,
+                     generate=sampling.generate) -> dict:  # fmt: skip
+    """Greedy accuracy on `task.final_eval_split` (the first `task.final_eval_size` examples,
+    0 = all), as `final/<split>_*` values: accuracy (every assert passes / the answer
+    matches), mean_reward (the training reward), problems (how many) and dataset (which
+    task and source, e.g. the full MBPP or the sanitized offline subset)."""
+    t = cfg.task
+    exs = td.task.load(t.final_eval_split, t.source, dict(t.options))
+    if t.final_eval_size:
+        exs = exs[: t.final_eval_size]
+    if not exs:
+        raise ValueError(f"task.final_eval_split={t.final_eval_split!r} of {t.name!r} is empty")
+    bs = min(batch_size, len(exs))
+    gen = make_generate_fn(model, tokenizer, sampling_cfg, max_prompt_len=t.max_prompt_len,
+                           batch_size=bs, generate=generate, chat_kwargs=td.chat_kwargs)  # fmt: skip
+    s = evaluate_lib.evaluate(
+        exs, td.task, gen, greedy=True, max_new_tokens=sampling_cfg.max_new_tokens,
+        batch_size=bs, reward_kwargs=dict(td.reward_kwargs),
+    )  # fmt: skip
+    pre = f"final/{t.final_eval_split}_"
+    return {
+        pre + "accuracy": s["accuracy"],
+        pre + "mean_reward": s["mean_reward"],
+        pre + "problems": len(exs),
+        pre + "mean_completion_chars": s["mean_completion_chars"],
+        pre + "dataset": f"{t.name} ({t.source or td.task.default_source})",
     }
 
 
@@ -228,7 +266,8 @@ def sft_batch(td: TrainData, tokenizer, rng: np.random.Generator, batch_size: in
     if missing:
         raise ValueError(f"warm-up needs gold references; {missing[0]} has none")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids, mask = encode_prompts(tokenizer, [e.prompt for e in exs], max_prompt_len, pad)
+    ids, mask = encode_prompts(tokenizer, [e.prompt for e in exs], max_prompt_len, pad,
+                               td.chat_kwargs)  # fmt: skip
     eos = tokenizer.eos_token_id
     comps = [tokenizer(e.reference, add_special_tokens=False)["input_ids"] + [eos] for e in exs]
     t = sampling.bucket_length(max(map(len, comps)))

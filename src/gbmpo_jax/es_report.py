@@ -106,10 +106,11 @@ def write_outputs(workdir, history, adapter, best_z, mean_z, init_z) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown table: method | accuracy mean +- std (%) | mean response length (chars)."""
-    lines = ["| method | accuracy (%) | mean response length (chars) | seeds |",
-             "|---|---|---|---|"]  # fmt: skip
+    """Markdown table: method | test accuracy mean +- std (%) | mean response length (chars) |
+    seeds | test problems scored."""
+    lines = ["| method | test accuracy (%) | mean response length (chars) | seeds | problems |",
+             "|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         lines.append(f"| {r['method']} | {100 * r['acc_mean']:.1f} ± {100 * r['acc_std']:.1f} "
-                     f"| {r['length_mean']:.1f} | {r['seeds']} |")  # fmt: skip
+                     f"| {r['length_mean']:.1f} | {r['seeds']} | {r.get('test_problems', '')} |")  # fmt: skip
     return "\n".join(lines)

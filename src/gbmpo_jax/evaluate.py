@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from gbmpo_jax import data
+from gbmpo_jax import data, prompts
 
 GenerateFn = Callable[..., list[list[str]]]
 
@@ -169,9 +169,11 @@ def evaluate(
 # ----------------------------------------------------------------------------- the real sampler
 
 
-def make_generate_fn(model, tokenizer, *, temperature=1.0, top_p=1.0, top_k=0) -> GenerateFn:
+def make_generate_fn(model, tokenizer, *, temperature=1.0, top_p=1.0, top_k=0,
+                     chat_template_kwargs=None) -> GenerateFn:  # fmt: skip
     """Adapter to ``sampling.generate_text`` (imported lazily): n samples per conversation are
-    drawn by repeating the conversation n times in one batch."""
+    drawn by repeating the conversation n times in one batch. ``chat_template_kwargs`` (e.g.
+    ``{"enable_thinking": False}``) reach the chat template as in training."""
 
     def generate_fn(conversations, *, greedy, num_samples, max_new_tokens, key):
         from gbmpo_jax.sampling import generate_text
@@ -182,6 +184,7 @@ def make_generate_fn(model, tokenizer, *, temperature=1.0, top_p=1.0, top_k=0) -
         texts = generate_text(
             model, tokenizer, convs, max_new_tokens=max_new_tokens, greedy=greedy,
             temperature=temperature, top_p=top_p, top_k=top_k, key=key,
+            chat_template_kwargs=chat_template_kwargs,
         )  # fmt: skip
         return [texts[i : i + num_samples] for i in range(0, len(texts), num_samples)]
 
@@ -216,6 +219,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--split", default=None)
     ap.add_argument("--source", default="", help="hub id, .jsonl/.parquet file or directory")
     ap.add_argument("--option", action="append", default=[], help="task option key=value")
+    ap.add_argument("--chat-template-kwarg", action="append", default=[], metavar="KEY=VALUE",
+                    help="chat-template variable, e.g. enable_thinking=false (Qwen3; as the "
+                         "run's task.chat_template_kwargs)")  # fmt: skip
     ap.add_argument("--limit", type=int, default=0, help="first N examples only (0 = all)")
     ap.add_argument("--all", action="store_true",
                     help="run directory: the whole split, not the run's held-out subset")  # fmt: skip
@@ -304,8 +310,15 @@ def run(args: argparse.Namespace, generate_fn: GenerateFn | None = None, count_t
 
         with errors.phase(f"--model {args.model!r}", "check that file / directory"):
             model, tokenizer = load_policy(args.model, args.dtype)
+        pairs = getattr(args, "chat_template_kwarg", [])
+        bad = [kv for kv in pairs if "=" not in kv]
+        if bad:
+            raise ValueError(f"--chat-template-kwarg {bad[0]!r} must be key=value, e.g. "
+                             "enable_thinking=false")  # fmt: skip
+        chat_kwargs = prompts.template_kwargs([kv.split("=", 1) for kv in pairs])
         generate_fn = make_generate_fn(model, tokenizer, temperature=args.temperature,
-                                       top_p=args.top_p, top_k=args.top_k)  # fmt: skip
+                                       top_p=args.top_p, top_k=args.top_k,
+                                       chat_template_kwargs=chat_kwargs)  # fmt: skip
         count_tokens = lambda s: len(tokenizer.encode(s, add_special_tokens=False))
         key = None if greedy else jax.random.key(args.seed)
     make_output_dir(out)

@@ -4,7 +4,11 @@ Per completion token (i, t), with rho = exp(logp - old_logp) and advantage A_i:
 
   l_{i,t} = -min(rho A_i, clip(rho, 1 - eps_low, 1 + eps_high) A_i) + lambda D(logp, ref_logp)
 
-(TRL 0.23 ``GRPOTrainer``; D any `divergences.Divergence`). ``importance_sampling="sequence"``
+(TRL 0.23 ``GRPOTrainer``; D any `divergences.Divergence`). ``use_bias_correction_kl``
+(TRL >= 1.x's option of that name) replaces lambda D by lambda rho D, rho the unclipped
+importance ratio with its gradient (TRL: ``per_token_kl * coef_1``), which makes the k3
+estimate unbiased for samples from the old policy; we apply it to any divergence.
+``importance_sampling="sequence"``
 replaces rho by the GSPO sequence ratio exp(mean_t mask (logp - old_logp)), shared by all
 tokens of the row (gradient flows through the mean). The batch loss is sum_{i,t} W_{i,t} l_{i,t}
 with aggregation weights W from the *whole* update batch (so micro-batching is exact):
@@ -48,6 +52,7 @@ class LossConfig:
     importance_sampling: str = "token"  # token | sequence
     max_completion_length: int = 256
     mask_truncated_completions: bool = True
+    use_bias_correction_kl: bool = False  # lambda * rho * D (TRL >= 1.x); off = TRL 0.23
 
     def __post_init__(self):
         if self.loss_type not in AGGREGATIONS:
@@ -149,8 +154,9 @@ def per_token_terms(
     clipped = jnp.clip(ratio, 1.0 - cfg.epsilon_low, 1.0 + cfg.epsilon_high)
     policy = -jnp.minimum(ratio * adv, clipped * adv)
     div = divergence.per_token(logp, ref_logp, div_params)
+    reg = div * ratio if cfg.use_bias_correction_kl else div
     return {
-        "loss": policy + div_coef * div,
+        "loss": policy + div_coef * reg,
         "policy": policy,
         "div": div,
         "ratio": ratio,

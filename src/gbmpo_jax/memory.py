@@ -1,9 +1,10 @@
 """Memory estimate of a run, per device, for `--dry-run` (before paying for an accelerator).
 
 Counts, in bytes:
-  params      policy weights in `model.dtype` (the frozen reference shares them under LoRA;
-              full fine-tuning keeps a second, frozen copy);
-  trainable   fp32 AdamW moments (2 x trainable parameters) plus the gradient;
+  params      the frozen weights in `model.dtype` (the reference, or the LoRA base), the
+              float32 master copy of the trainable weights (full fine-tuning), and the
+              policy cast back to `model.dtype` for the sampler when that is not float32;
+  optimizer   float32 AdamW moments (2 x trainable parameters) plus the float32 gradient;
   kv_cache    2 (k and v) x layers x rows x (prompt + completion) x kv_heads x head_dim
               x compute-dtype bytes, rows = prompts_per_step x group_size;
   activations the training forward/backward of one micro-batch: per layer and token about
@@ -54,9 +55,10 @@ def estimate(
     shard = fsdp * tensor
     n = count_params(c)
     pbytes = _BYTES[cfg.model.dtype]
-    params = n * pbytes * (1 if cfg.lora.rank else 2) / shard
     trainable = lora_params(c, cfg.lora.rank, cfg.lora.targets) if cfg.lora.rank else n
-    optimizer = trainable * (4 * 2 + pbytes) / shard
+    sampler_copy = n * pbytes if (pbytes != 4 or cfg.lora.rank) else 0
+    params = (n * pbytes + trainable * 4 + sampler_copy) / shard
+    optimizer = trainable * (4 * 2 + 4) / shard
     rows = cfg.rollout.prompts_per_step * cfg.rollout.group_size / data
     seq = cfg.task.max_prompt_len + cfg.rollout.max_new_tokens
     cbytes = _BYTES[cfg.model.compute_dtype]
@@ -67,13 +69,14 @@ def estimate(
     out = {
         "num_params": n,
         "trainable_params": trainable,
+        "master_weights_dtype": "float32",
         "params_bytes": params,
         "optimizer_bytes": optimizer,
         "kv_cache_bytes": kv,
         "activation_bytes": acts,
     }
     out["total_bytes"] = params + optimizer + max(kv, acts)  # rollout and update alternate
-    return {k: int(v) for k, v in out.items()}
+    return {k: v if isinstance(v, str) else int(v) for k, v in out.items()}
 
 
 def human(n: float) -> str:

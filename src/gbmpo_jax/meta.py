@@ -72,6 +72,8 @@ class MetaCfg:
     keep: int = 3  # ES checkpoints kept
     compare_kl_coef: float = 0.04  # lambda for the KL arm of `compare`
     compare_probl2_coef: float = 0.1  # lambda for the ProbL2 arm of `compare`
+    compare_steps: int = 0  # training length of each `compare` run; 0 = run.steps
+    compare_train_split: str = "train"  # `compare` trains as the paper did, on the full split
 
 
 def validate_meta(m: MetaCfg) -> MetaCfg:
@@ -250,7 +252,8 @@ def _warm_base(cfg, model, obj, td, tokenizer, log):
 
 def _check_same(saved: dict, now: dict) -> None:
     checkpoint.check_compatible(saved["config"], config_lib.from_dict(now["config"]))
-    resumable = {"generations", "keep", "compare_kl_coef", "compare_probl2_coef"}
+    resumable = {"generations", "keep", "compare_kl_coef", "compare_probl2_coef", "compare_steps",
+                 "compare_train_split"}  # fmt: skip
     bad = {k: (v, now["meta_config"].get(k)) for k, v in saved["meta_config"].items()
            if k not in resumable and now["meta_config"].get(k) != v}  # fmt: skip
     if bad:
@@ -264,12 +267,16 @@ def _check_same(saved: dict, now: dict) -> None:
 def compare(cfg, mcfg, mirror_path, seeds: int, workdir, *, log=print) -> list[dict]:
     """KL, ProbL2, the neural mirror at its initial map (objective.mirror_init: the paper's
     random-init arm and the ES starting point) and the ES map, each over ``seeds`` seeds
-    (run.seed, +1, ...) with `train.run`, scored on task.eval_split=test (never used by ES).
-    Training length is the config's run.steps (the inner T unless overridden on the command
-    line, e.g. run.steps=1600)."""
+    (run.seed, +1, ...) with `train.run` as the paper ran them: ``meta.compare_steps`` steps
+    (the experiment sets the paper's length; 0 = run.steps) on ``meta.compare_train_split``,
+    then greedy accuracy on the *whole* test split (`final/test_*`; never used by ES)."""
     from gbmpo_jax import train
 
-    base = config_lib.override(cfg, **{"task.eval_split": "test", "run.export": False})
+    base = config_lib.override(cfg, **{
+        "task.train_split": mcfg.compare_train_split, "task.eval_split": "test",
+        "task.final_eval_split": "test", "task.final_eval_size": 0, "run.export": False,
+        "run.steps": mcfg.compare_steps or cfg.run.steps,
+    })  # fmt: skip
     arms = {  # slug -> (table label, overrides)
         "kl": ("Dr. GRPO (KL)", {"objective.divergence": "kl",
                                  "objective.coef": mcfg.compare_kl_coef}),
@@ -286,12 +293,12 @@ def compare(cfg, mcfg, mirror_path, seeds: int, workdir, *, log=print) -> list[d
         for s in range(seeds):
             c = config_lib.override(base, **ov, **{"run.seed": cfg.run.seed + s})
             wd = pathlib.Path(workdir) / "compare" / f"{slug}_seed{c.run.seed}"
-            out = train.run(c, wd, log=log)["last_eval"]
-            accs.append(out["eval/accuracy"])
-            lens.append(out["eval/mean_completion_chars"])
+            out = train.run(c, wd, log=log)["final_eval"]
+            accs.append(out["final/test_accuracy"])
+            lens.append(out["final/test_mean_completion_chars"])
         rows.append({"method": arm, "acc_mean": float(np.mean(accs)),
                      "acc_std": float(np.std(accs)), "length_mean": float(np.mean(lens)),
-                     "seeds": seeds})  # fmt: skip
+                     "seeds": seeds, "test_problems": out["final/test_problems"]})  # fmt: skip
     return rows
 
 

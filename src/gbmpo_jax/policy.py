@@ -148,6 +148,11 @@ def load_mirror_params(path: str) -> dict:
     return params
 
 
+def resolved_scale_rewards(cfg: Config) -> str:
+    """objective.scale_rewards with "auto" resolved (grpo -> group; dr_grpo / rloo -> none)."""
+    return advantages.resolve_scale(cfg.objective.advantage, cfg.objective.scale_rewards)
+
+
 def build_objective(cfg: Config, model_config, tokenizer) -> Objective:
     o, r = cfg.objective, cfg.rollout
     options = {"init": o.mirror_init} if o.divergence == "neural_mirror" else {}
@@ -173,6 +178,7 @@ def build_objective(cfg: Config, model_config, tokenizer) -> Objective:
             importance_sampling=o.importance_sampling,
             max_completion_length=r.max_new_tokens,
             mask_truncated_completions=o.mask_truncated_completions,
+            use_bias_correction_kl=o.use_bias_correction_kl,
         ),
         group_size=r.group_size,
         temperature=r.temperature,
@@ -216,7 +222,7 @@ def build_objective(cfg: Config, model_config, tokenizer) -> Objective:
         stop_token_ids=stops,
         pad_token_id=pad,
     )
-    adv = advantages.get(o.advantage, scale_rewards=o.scale_rewards)
+    adv = advantages.get(o.advantage, scale_rewards=resolved_scale_rewards(cfg))
     return Objective(
         make_apply_fn(model_config),
         step_cfg,

@@ -147,7 +147,7 @@ def make_programs(cfg, model, tokenizer, obj, td: episodes.TrainData, mesh: Mesh
     def inner_step(states, step: int):
         examples = td.batch(step, n_prompts)
         ids, mask = episodes.encode_prompts(tokenizer, [e.prompt for e in examples],
-                                            max_prompt, pad)  # fmt: skip
+                                            max_prompt, pad, td.chat_kwargs)  # fmt: skip
         key = jax.random.fold_in(base_key, step)
         out = jax.device_get(roll(states.params, states.frozen, ids, mask, key))
         p = out.tokens.shape[0]
@@ -178,7 +178,8 @@ def make_programs(cfg, model, tokenizer, obj, td: episodes.TrainData, mesh: Mesh
         for s in range(0, len(exs), bs):
             chunk = exs[s : s + bs]
             convs = [e.prompt for e in chunk] + [chunk[-1].prompt] * (bs - len(chunk))
-            ids, mask = episodes.encode_prompts(tokenizer, convs, max_prompt, pad)
+            ids, mask = episodes.encode_prompts(tokenizer, convs, max_prompt, pad,
+                                                td.chat_kwargs)  # fmt: skip
             out = jax.device_get(roll_greedy(states.params, states.frozen, ids, mask,
                                              jax.random.key(0)))  # fmt: skip
             for i in range(out.tokens.shape[0]):

@@ -3,7 +3,8 @@
 `model_config(name, vocab_size)` returns a Qwen2-shaped `ModelConfig` (q/k/v bias, untied
 embeddings). "3M" and "23.6M" are the benchmark shapes of issues #3 and #9 (their parameter
 counts assume vocab 64); "tiny" keeps smoke runs' compile time low; "demo" is the CPU demo's.
-The 0.5B / 1.7B shapes follow Qwen2.5-0.5B and Qwen3-1.7B for GPU benchmarks.
+The 0.5B / 1.7B / 4B shapes follow Qwen2.5-0.5B, Qwen3-1.7B and Qwen3-4B for GPU benchmarks;
+"qwen3-tiny" is the paper experiments' `:rehearsal` model.
 """
 
 from __future__ import annotations
@@ -23,6 +24,28 @@ SHAPES: dict[str, dict] = {
         num_heads=14,
         num_kv_heads=2,
         intermediate_size=4864,
+        tie_word_embeddings=True,
+    ),
+    # The `:rehearsal` model: Qwen3's architecture (q/k norm, tied embeddings) at a width that
+    # keeps the real tokenizer's 151,669-row embedding cheap on a CPU.
+    "qwen3-tiny": dict(
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=128,
+        model_type="qwen3",
+        head_dim=16,
+        tie_word_embeddings=True,
+    ),
+    "4B": dict(  # Qwen3-4B(-Instruct-2507)
+        hidden_size=2560,
+        num_layers=36,
+        num_heads=32,
+        num_kv_heads=8,
+        intermediate_size=9728,
+        model_type="qwen3",
+        head_dim=128,
         tie_word_embeddings=True,
     ),
     "1.7B": dict(

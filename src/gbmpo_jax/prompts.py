@@ -81,3 +81,21 @@ def validate_messages(messages: Sequence[dict]) -> None:
             )
         if not isinstance(m["content"], str):
             raise ValueError(f"prompt message {i} content must be a str")
+
+
+def template_kwargs(pairs: Sequence[tuple[str, str]] | dict) -> dict:
+    """Chat-template variables from `task.chat_template_kwargs` name:value pairs.
+
+    "true"/"false" become booleans and integer strings ints, so the Jinja template sees
+    ``enable_thinking is false`` (Qwen3's hybrid-thinking switch) as the reference code passes
+    it; anything else stays a string."""
+    out = {}
+    for name, value in dict(pairs).items():
+        if isinstance(value, str):
+            low = value.strip().lower()
+            if low in ("true", "false"):
+                value = low == "true"
+            elif low.lstrip("-").isdigit():
+                value = int(low)
+        out[str(name)] = value
+    return out

@@ -53,7 +53,11 @@ from gbmpo_jax.models.config import canonical_dtype
 from gbmpo_jax.models.transformer import unstack_cache, unstack_layers
 
 DECODE_CHUNK = 32  # minimum decode steps per statically sized attention chunk
-END_OF_TURN_TOKENS: tuple[str, ...] = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
+# Chat end-of-turn markers, plus Qwen's end-of-document "<|endoftext|>" (Qwen3's
+# generation_config stops on both it and "<|im_end|>"; its tokenizer names only the latter).
+END_OF_TURN_TOKENS: tuple[str, ...] = (
+    "<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +143,13 @@ class Rollout(NamedTuple):
     logprobs: jax.Array
     prompt_ids: jax.Array
     prompt_mask: jax.Array
+
+
+# Logical axes of a Rollout's buffers (rows = "batch"); the mesh maps names to devices.
+ROLLOUT_AXES = Rollout(
+    tokens=("batch", None), mask=("batch", None), lengths=("batch",), truncated=("batch",),
+    logprobs=("batch", None), prompt_ids=("batch", None), prompt_mask=("batch", None),
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- prompt batching
@@ -386,8 +397,10 @@ def generate_text(
     top_p: float = 1.0,
     top_k: int = 0,
     key: jax.Array | None = None,
+    chat_template_kwargs: dict | None = None,
 ) -> list[str]:
-    """Chat completions as text: chat template (with generation prompt), left-pad, generate
+    """Chat completions as text: chat template (with generation prompt and the extra template
+    variables `chat_template_kwargs`, e.g. ``{"enable_thinking": False}``), left-pad, generate
     (G = 1), decode without special tokens. Stops at EOS / end-of-turn
     (`default_stop_token_ids`). Sampling (greedy=False) needs an explicit PRNG `key`."""
     if key is None:
@@ -396,8 +409,12 @@ def generate_text(
         key = jax.random.key(0)
     prompts = [
         tokenizer.apply_chat_template(
-            list(conv), add_generation_prompt=True, tokenize=True, return_dict=False
-        )
+            list(conv),
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
+            **(chat_template_kwargs or {}),
+        )  # fmt: skip
         for conv in conversations
     ]
     stops = default_stop_token_ids(tokenizer, model.config)

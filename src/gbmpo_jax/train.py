@@ -168,7 +168,9 @@ def _run(cfg: config_lib.Config, workdir: pathlib.Path, log, preempted: _Preempt
     state, state_sh = mesh_lib.shard_state(state, mc, mesh, lora_cfg=obj.step_cfg.lora)
     del model  # its params now live (sharded) in the state
     compute_logprobs = mesh_lib.jit_logprobs(
-        make_compute_logprobs(obj.apply_fn, obj.step_cfg, policy=not on_policy(obj.step_cfg)),
+        make_compute_logprobs(
+            obj.apply_fn, obj.step_cfg, policy=not on_policy(obj.step_cfg), jit=False
+        ),
         state_sh,
         mesh,
     )
@@ -178,8 +180,11 @@ def _run(cfg: config_lib.Config, workdir: pathlib.Path, log, preempted: _Preempt
         mesh,
     )
     params_sh = mesh_lib.param_shardings(mc, mesh)
+    # the sampler, evaluation and export read the policy in the model's dtype (e.g. bf16),
+    # cast once per step from the float32 master weights
     merged = jax.jit(
-        lambda st: policy_params(st.params, st.frozen, obj.step_cfg), out_shardings=params_sh
+        lambda st: policy_params(st.params, st.frozen, obj.step_cfg, dtype=cfg.model.dtype),
+        out_shardings=params_sh,
     )
     generate = mesh_lib.jit_rollout(mesh, params_sh)
     # Evaluation decodes on every host; multi-host runs evaluate with the local sampler.
@@ -240,6 +245,19 @@ def _run(cfg: config_lib.Config, workdir: pathlib.Path, log, preempted: _Preempt
         log(f"eval step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in out.items()))
         return out
 
+    def final_evaluation(step):  # task.final_eval_split, e.g. the full test split
+        t0 = time.monotonic()
+        pol = models.Model(mc, merged(state))
+        if eval_generate is None:
+            pol = models.Model(mc, jax.device_get(pol.params))
+        out = episodes.final_evaluation(pol, tokenizer, cfg, task, obj.eval_sampling,
+                                        generate=eval_generate or episodes.sampling.generate)  # fmt: skip
+        out["perf/final_eval_s"] = time.monotonic() - t0
+        writer.scalars(step, out)
+        log("final evaluation: " + " ".join(f"{k}={v:.4g}" if not isinstance(v, str) else
+                                            f"{k}={v}" for k, v in out.items()))  # fmt: skip
+        return out
+
     if latest is None:  # a fresh run (a restored step-0 checkpoint is already saved)
         first_eval = evaluate(0)
         ckpt.save(0, state, meta_for(0), force=True)
@@ -249,7 +267,7 @@ def _run(cfg: config_lib.Config, workdir: pathlib.Path, log, preempted: _Preempt
     else:
         first_eval = {}
     progress = metrics.Progress(cfg.run.steps, start, enabled=is_main)
-    last_eval = first_eval
+    last_eval, final_eval = first_eval, {}
     step = start
     if preempted.flag:  # SIGTERM before the first step: step `start` is already saved
         log(f"SIGTERM: step {start} is saved; exiting")
@@ -261,7 +279,7 @@ def _run(cfg: config_lib.Config, workdir: pathlib.Path, log, preempted: _Preempt
             pol = models.Model(mc, merged(state))
             ep = episodes.rollout(pol, tokenizer, examples, obj.sampling, key_roll,
                                   cfg.task.max_prompt_len, generate=generate,
-                                  mesh=mesh)  # fmt: skip
+                                  mesh=mesh, chat_kwargs=task.chat_kwargs)  # fmt: skip
             t_gen = time.monotonic()
             # Dispatch the log-prob pass first: JAX runs it while the host scores rewards.
             old_lp, ref_lp, _ = compute_logprobs(
@@ -304,6 +322,8 @@ def _run(cfg: config_lib.Config, workdir: pathlib.Path, log, preempted: _Preempt
                 last_eval = evaluate(step)
             if step == cfg.run.steps:
                 last_eval = evaluate(step)
+                if cfg.task.final_eval_split:
+                    final_eval = final_evaluation(step)
             ckpt.save(step, state, meta_for(step), force=preempted.flag or step == cfg.run.steps)
             if preempted.flag:
                 log(f"SIGTERM: saved step {step}; exiting")
@@ -312,7 +332,8 @@ def _run(cfg: config_lib.Config, workdir: pathlib.Path, log, preempted: _Preempt
         ckpt.close()
         writer.close()
     finished = step == cfg.run.steps and not preempted.flag
-    summary = {"step": step, "first_eval": first_eval, "last_eval": last_eval}
+    summary = {"step": step, "first_eval": first_eval, "last_eval": last_eval,
+               "final_eval": final_eval}  # fmt: skip
     if finished and is_main:
         if cfg.run.export:
             out = models.save_pretrained(
@@ -395,6 +416,7 @@ def dry_run(cfg, workdir) -> dict:
     return {
         "workdir": str(workdir),
         "config": config_lib.to_dict(cfg),
+        "resolved": {"objective.scale_rewards": policy.resolved_scale_rewards(cfg)},
         "mesh": s,
         "memory_per_device": {k: (memory.human(v) if k.endswith("bytes") else v)
                               for k, v in est.items()},

@@ -5,7 +5,8 @@ Built by ``make_update(apply_fn, divergence, optimizer, cfg)``; the model enters
 (DESIGN.md): input_ids, attention_mask, completion_mask [N,T], advantages [N], and optionally
 old_logp / ref_logp [N,T] (computed here from the state when absent: old = policy at the start
 of the update - with ``mu == 1`` taken from the update's own forward, `on_policy` - and
-ref = ``state.frozen``), truncated [N] (bool), num_items_in_batch (dapo).
+ref = ``state.frozen``), truncated [N] (bool), num_items_in_batch (dapo; default: the loss
+tokens of this whole update batch, i.e. of the generation batch one optimizer step sees).
 Log-probs: logits at positions P-1 .. P+T-2 divided by the temperature, float32.
 
 One update = ``mu`` optimizer steps on the same batch (stored old log-probs). Each step
@@ -18,6 +19,12 @@ the host loop after ``max_in_row`` consecutive skips.
 Reference policy: ``state.frozen`` = a copy of the initial params (full fine-tuning) or the
 LoRA base weights (adapters off). Never the current policy.
 
+Mixed precision: the trainable params (full fine-tuning: a float32 copy of the weights; LoRA:
+the adapters) and the optimizer state are float32 master weights whatever the model's
+parameter dtype; the frozen reference / LoRA base stays in that dtype (e.g. bfloat16) and the
+model casts its weights to ``compute_dtype`` for the matmuls. (bf16 weights updated in place
+lose most AdamW steps at lr 1e-5: the update is below half a bf16 ulp of the weight.)
+
 Deliberate deviations from TRL: 1. the micro-batch split never changes the objective (see
 `losses`); 2. ``key`` is accepted for stochastic objectives but unused by the current ones.
 """
@@ -25,7 +32,6 @@ Deliberate deviations from TRL: 1. the micro-batch split never changes the objec
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -82,8 +88,9 @@ def init_state(
     key=None,
     divergence: Divergence | None = None,
 ):
-    """Initial state. Full fine-tuning copies ``params`` into ``frozen`` (the reference);
-    with ``cfg.lora`` the params become the frozen base and fresh adapters are trained.
+    """Initial state. Full fine-tuning trains a float32 copy of ``params`` (master weights)
+    and keeps ``params`` as they are (e.g. bfloat16) in ``frozen`` (the reference); with
+    ``cfg.lora`` the params become the frozen base and fresh float32 adapters are trained.
     Given ``divergence``, its params are validated here (host side, once)."""
     if divergence is not None:
         divergence.validate(div_params)
@@ -95,7 +102,7 @@ def init_state(
             raise ValueError("init_state with LoRA needs a PRNG key for the adapter init")
         frozen, trainable = params, lora_lib.init(key, params, cfg.lora)
     else:
-        frozen, trainable = jax.tree.map(jnp.copy, params), params
+        frozen, trainable = jax.tree.map(jnp.copy, params), master_weights(params)
     i32 = lambda x: jnp.asarray(x, jnp.int32)  # noqa: E731
     return TrainState(
         step=i32(0),
@@ -109,8 +116,21 @@ def init_state(
     )
 
 
-def policy_params(trainable, frozen, cfg: StepConfig):
-    return lora_lib.merge(frozen, trainable, cfg.lora) if cfg.lora is not None else trainable
+def master_weights(params):
+    """float32 copies of floating-point leaves (the trainable master weights)."""
+    f32 = lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x  # noqa: E731
+    return jax.tree.map(f32, params)
+
+
+def policy_params(trainable, frozen, cfg: StepConfig, dtype=None):
+    """The policy's weights: the trainable params, or the LoRA base with the adapters merged.
+    ``dtype`` (e.g. the model's "bfloat16") casts them for the sampler, which then reads
+    half the bytes per decode step; the update differentiates the float32 master weights."""
+    out = lora_lib.merge(frozen, trainable, cfg.lora) if cfg.lora is not None else trainable
+    if dtype is None:
+        return out
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                        out)  # fmt: skip
 
 
 def token_logprobs(logits, targets, temperature: float):
@@ -136,15 +156,17 @@ def _split(x, m: int):
     return x.reshape(m, x.shape[0] // m, *x.shape[1:])
 
 
-def make_compute_logprobs(apply_fn: Callable, cfg: StepConfig, policy: bool = True):
+def make_compute_logprobs(
+    apply_fn: Callable, cfg: StepConfig, policy: bool = True, jit: bool = True
+):
     """Jitted ``fn(state, input_ids, attention_mask, completion_len) -> (policy_logp,
     ref_logp, policy_entropy)``, each [N,T] float32, micro-batched like the update. Use it
-    to fill ``old_logp`` / ``ref_logp`` before the mu updates.
+    to fill ``old_logp`` / ``ref_logp`` before the mu updates. ``jit=False`` gives the pure
+    function (e.g. for `mesh.jit_logprobs`, which compiles it with shardings).
 
     ``policy=False`` skips the policy forward (returns ``(None, ref_logp, None)``): with
     ``mu == 1`` the update needs no stored old log-probs (see `on_policy`)."""
 
-    @functools.partial(jax.jit, static_argnums=3)
     def fn(state: TrainState, input_ids, attention_mask, completion_len: int):
         pol = policy_params(state.params, state.frozen, cfg)
 
@@ -164,7 +186,7 @@ def make_compute_logprobs(apply_fn: Callable, cfg: StepConfig, policy: bool = Tr
         _, out = jax.lax.scan(one, None, (_split(input_ids, m), _split(attention_mask, m)))
         return tuple(None if x is None else x.reshape(-1, completion_len) for x in out)
 
-    return fn
+    return jax.jit(fn, static_argnums=3) if jit else fn
 
 
 def on_policy(cfg: StepConfig) -> bool:
@@ -246,7 +268,12 @@ def make_update(
         del key  # no stochastic objective yet (deviation 2)
         t = batch["completion_mask"].shape[1]
         mask = loss_mask(batch["completion_mask"], batch.get("truncated"), cfg.loss)
-        weights = token_weights(mask, cfg.loss, batch.get("num_items_in_batch"))
+        num_items = batch.get("num_items_in_batch")
+        if num_items is None and cfg.loss.loss_type == "dapo":
+            # TRL: completion tokens of everything accumulated into one optimizer step; here
+            # one optimizer step sees the whole batch (all micro-batches, all devices)
+            num_items = jnp.sum(mask)
+        weights = token_weights(mask, cfg.loss, num_items)
         need_old = "old_logp" not in batch and not on_policy(cfg)
         need_ref = "ref_logp" not in batch
         lp = rp = None
