@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# GPU benchmark in one call on a lent H100/H200 (about 6-8 minutes): train-step MFU and rollout
+# GPU benchmark in one call on a GPU machine (H100/H200; about 6-8 minutes): train-step MFU and rollout
 # tokens/s vs the HBM roofline for random-weight Qwen-shaped 0.5B and 1.7B models, bf16.
 #   bash bench/gpu.sh [gpu_bench.py flags]      e.g. --shapes 0.5B --groups 8
 #   bash bench/gpu.sh --dry-run                 the same code on CPU, tiny shape (no GPU needed)
 # Writes $OUT/gpu_bench.json (rewritten after every case) and $OUT/gpu_bench.log; without $OUT,
-# runs/gpu_bench/. The device image has jax, optax, flax, safetensors and transformers; wheels
-# for anything else can travel in .whl/ (see /work/.library/device/README.md) and are installed
-# into /tmp/site first. The package is used from src/ (no install needed).
+# runs/gpu_bench/. The machine needs jax (CUDA), optax, flax, safetensors and transformers;
+# wheels for anything else can be put in .whl/ and are installed into /tmp/site first. The
+# package is used from src/ (no install needed).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD

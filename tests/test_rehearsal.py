@@ -69,3 +69,17 @@ def test_rehearsal_runs_in_ci(name, qwen3_tokenizer_dir, tmp_path):
 @pytest.mark.parametrize("name", [n for n in PAPER if n not in CI])
 def test_rehearsal_runs(name, qwen3_tokenizer_dir, tmp_path):
     _rehearse(name, tmp_path)
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_on_cpu_with_the_tiny_shape(qwen3_tokenizer_dir, tmp_path):
+    from bench import gpu_check
+
+    out = tmp_path / "gpu_check.json"
+    rc = gpu_check.main(["--tiny", "--rehearsals", "", "--steps", "2", "--out", str(out),
+                         "--workdir", str(tmp_path / "runs")])  # fmt: skip
+    doc = json.loads(out.read_text())
+    t = doc["timing"]
+    assert rc == 0 and t["ok"] and t["loss_finite"] and t["trainable_dtypes"] == ["float32"]
+    assert t["weights_changed_frac"] >= 0.99 and t["vocab"] == 151_669
+    assert set(t["steady"]) >= {"rollout_s", "update_s", "update_mfu"}
