@@ -83,3 +83,12 @@ def test_gpu_check_script_runs_on_cpu_with_the_tiny_shape(qwen3_tokenizer_dir, t
     assert rc == 0 and t["ok"] and t["loss_finite"] and t["trainable_dtypes"] == ["float32"]
     assert t["weights_changed_frac"] >= 0.99 and t["vocab"] == 151_669
     assert set(t["steady"]) >= {"rollout_s", "update_s", "update_mfu"}
+
+
+def test_a_missing_qwen3_tokenizer_names_the_field_and_the_fix(tmp_path):
+    from gbmpo_jax import policy
+
+    cfg = C.override(experiment.load("gsm8k_drgrpo:rehearsal"),
+                     **{"model.tokenizer": str(tmp_path / "qwen3-tokenizer")})  # fmt: skip
+    with pytest.raises(C.ConfigError, match=r"model\.tokenizer=.*make qwen3-tokenizer"):
+        policy.load_tokenizer(cfg)

@@ -60,7 +60,13 @@ def load_tokenizer(cfg: Config):
     if cfg.model.tokenizer == "char":
         return char_tokenizer.make()
     if cfg.model.tokenizer:
-        return models.load_tokenizer(resolve_model_path(cfg.model.tokenizer))
+        t = cfg.model.tokenizer
+        if t.startswith(("/", ".")) and not pathlib.Path(t).exists():
+            hint = (
+                " (run `make qwen3-tokenizer`)" if t.rstrip("/").endswith("qwen3-tokenizer") else ""
+            )
+            raise ConfigError(f"model.tokenizer={t!r} does not exist{hint}")
+        return models.load_tokenizer(resolve_model_path(t))
     if cfg.model.path == "random":
         raise ConfigError("model.path=random needs model.tokenizer (e.g. 'char' or a HF dir)")
     tok = models.load_tokenizer(resolve_model_path(cfg.model.path))
