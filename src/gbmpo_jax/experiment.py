@@ -1,6 +1,7 @@
 """Finding and loading experiment files: `experiments/<name>.py` defines `get_config(variant)`.
 
-An experiment is named `<name>` or `<name>:<variant>` (e.g. `mbpp_neural_mirror:smoke`).
+An experiment is named `<name>` or `<name>:<variant>` (e.g. `mbpp_neural_mirror:smoke`; the
+paper experiments also have `:rehearsal`, their accelerator path on a CPU).
 The directory is `$GBMPO_EXPERIMENTS`, else `./experiments`, else the repository's
 `experiments/` next to `src/`. Files starting with `_` hold shared pieces, not experiments.
 """
@@ -42,7 +43,8 @@ def load(name: str) -> config_lib.Config:
     if base.startswith("_") or not path.is_file():
         raise config_lib.ConfigError(
             f"unknown experiment {base!r}; valid names: {', '.join(names())} "
-            "(add ':smoke' for the CPU smoke variant)"
+            "(add ':smoke' for the CPU smoke variant, ':rehearsal' for a paper experiment's "
+            "accelerator path on CPU)"
         )
     if str(directory) not in sys.path:
         sys.path.insert(0, str(directory))  # experiment files import their shared `_*.py`
