@@ -152,7 +152,7 @@ def test_cli_on_a_training_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     subprocess.run(
         [sys.executable, "-m", "gbmpo_jax.train", "--exp", "gsm8k_drgrpo:smoke",
-         "--workdir", str(run_dir), "run.export=false"],
+         "--workdir", str(run_dir), "run.export=false", "mesh.num_devices=1"],
         check=True, capture_output=True, timeout=600,
     )  # fmt: skip
     assert (run_dir / "checkpoints").is_dir() and not (run_dir / "export").exists()

@@ -2,8 +2,9 @@
 
 A randomly initialised model cannot earn any reward, so RL has nothing to reinforce. The CPU
 demo first fits the task on demonstrations (`warmup.steps` AdamW updates, cosine schedule;
-`train.supervised_warmup`), then RL takes over from that policy, which also becomes the
-frozen reference. Real checkpoints skip this (warmup.steps = 0).
+`supervised_warmup`, called by the run loop), then RL takes over from that policy, which also
+becomes the frozen reference. Real checkpoints skip this (warmup.steps = 0). The warm-up is
+resumable: a SIGTERM saves its state to `warmup_checkpoint/` (see `supervised_warmup`).
 
 Loss: sum over completion tokens of -log softmax(logits)[target] / number of completion
 tokens, on the same batch layout as the RL step (DESIGN.md: input_ids [N,P+T],
@@ -12,9 +13,19 @@ attention_mask [N,P+T], completion_mask [N,T]).
 
 from __future__ import annotations
 
+import json
+import pathlib
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+
+from gbmpo_jax import checkpoint, episodes
+from gbmpo_jax import config as config_lib
+from gbmpo_jax.train_step import init_state
+
+WARMUP_CKPT = "warmup_checkpoint"  # in the run directory, only while a warm-up is interrupted
 
 
 def completion_nll(apply_fn, params, batch) -> jax.Array:
@@ -36,3 +47,54 @@ def make_sft_step(apply_fn, optimizer: optax.GradientTransformation):
         return optax.apply_updates(params, updates), opt_state, loss
 
     return jax.jit(step, donate_argnums=(0, 1))
+
+
+def supervised_warmup(cfg, state, obj, task, tokenizer, log, *, workdir=None, preempted=None):
+    """Supervised warm-up on gold completions; the result is also the frozen reference.
+
+    With `workdir` the warm-up is resumable: on SIGTERM (`preempted.flag`) it saves its own
+    state (parameters, Adam moments, the data-sampling RNG) to `workdir/warmup_checkpoint` and
+    returns None; the next call continues from there bit-identically."""
+    w = cfg.warmup
+    if w.schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(
+            0.0, w.lr, max(w.steps // 20, 1), max(w.steps, 2), end_value=0.1 * w.lr
+        )
+    else:
+        lr = w.lr
+    opt = optax.adamw(lr, weight_decay=w.weight_decay) if w.weight_decay else optax.adam(lr)
+    params = state.params if obj.step_cfg.lora is None else state.frozen
+    step_fn = make_sft_step(obj.apply_fn, opt)
+    opt_state = opt.init(params)
+    rng = np.random.default_rng(cfg.run.seed)
+    first, saver = 0, None
+    if workdir is not None:
+        saver = checkpoint.Checkpointer(pathlib.Path(workdir) / WARMUP_CKPT, keep=1,
+                                        async_save=False)  # fmt: skip
+        first = saver.latest_good_step(log) or 0
+        if first:
+            checkpoint.check_compatible(saver.restore_meta(first)["config"], cfg)
+            (params, opt_state), meta = saver.restore(first, (params, opt_state))
+            rng.bit_generator.state = json.loads(meta["rng"])
+            log(f"warm-up: resumed at step {first}/{w.steps}")
+    try:
+        for i in range(first, w.steps):
+            batch = episodes.sft_batch(task, tokenizer, rng, w.batch_size,
+                                       cfg.task.max_prompt_len)  # fmt: skip
+            params, opt_state, loss = step_fn(params, opt_state, batch)
+            if (i + 1) % max(w.steps // 5, 1) == 0:
+                log(f"warm-up {i + 1}/{w.steps}: nll {float(loss):.3f}")
+            if preempted is not None and preempted.flag and saver is not None and i + 1 < w.steps:
+                meta = {"config": config_lib.to_dict(cfg), "step": i + 1,
+                        "rng": json.dumps(rng.bit_generator.state)}  # fmt: skip
+                saver.save(i + 1, (params, opt_state), meta, force=True)
+                log(f"SIGTERM: saved warm-up step {i + 1}/{w.steps} in {saver.directory}; "
+                    "exiting (rerun the same command to continue)")  # fmt: skip
+                return None
+    finally:
+        if saver is not None:
+            saver.close()
+    return init_state(
+        params, obj.optimizer, state.div_params, state.div_coef, obj.step_cfg,
+        key=jax.random.fold_in(jax.random.key(cfg.run.seed), 0x10A),
+    )  # fmt: skip

@@ -37,7 +37,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from gbmpo_jax import (
     checkpoint,
@@ -54,7 +53,7 @@ from gbmpo_jax import (
 )
 from gbmpo_jax import config as config_lib
 from gbmpo_jax import mesh as mesh_lib
-from gbmpo_jax.sft import make_sft_step
+from gbmpo_jax.sft import WARMUP_CKPT, supervised_warmup
 from gbmpo_jax.train_step import (
     check_skips,
     init_state,
@@ -65,7 +64,6 @@ from gbmpo_jax.train_step import (
 )
 
 DONE_MARKER = "DONE"
-WARMUP_CKPT = "warmup_checkpoint"
 
 
 class _Preempted:
@@ -344,59 +342,6 @@ def _run(cfg: config_lib.Config, workdir: pathlib.Path, log, preempted: _Preempt
             plot.plot_runs([workdir], workdir / "curves.png")
         (workdir / DONE_MARKER).write_text(json.dumps(summary))
     return summary
-
-
-def supervised_warmup(cfg, state, obj, task, tokenizer, log, *, workdir=None, preempted=None):
-    """Supervised warm-up on gold completions; the result is also the frozen reference.
-
-    With `workdir` the warm-up is resumable: on SIGTERM (`preempted.flag`) it saves its own
-    state (parameters, Adam moments, the data-sampling RNG) to `workdir/warmup_checkpoint` and
-    returns None; the next call continues from there bit-identically."""
-    import optax
-
-    w = cfg.warmup
-    if w.schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(
-            0.0, w.lr, max(w.steps // 20, 1), max(w.steps, 2), end_value=0.1 * w.lr
-        )
-    else:
-        lr = w.lr
-    opt = optax.adamw(lr, weight_decay=w.weight_decay) if w.weight_decay else optax.adam(lr)
-    params = state.params if obj.step_cfg.lora is None else state.frozen
-    step_fn = make_sft_step(obj.apply_fn, opt)
-    opt_state = opt.init(params)
-    rng = np.random.default_rng(cfg.run.seed)
-    first, saver = 0, None
-    if workdir is not None:
-        saver = checkpoint.Checkpointer(pathlib.Path(workdir) / WARMUP_CKPT, keep=1,
-                                        async_save=False)  # fmt: skip
-        first = saver.latest_good_step(log) or 0
-        if first:
-            checkpoint.check_compatible(saver.restore_meta(first)["config"], cfg)
-            (params, opt_state), meta = saver.restore(first, (params, opt_state))
-            rng.bit_generator.state = json.loads(meta["rng"])
-            log(f"warm-up: resumed at step {first}/{w.steps}")
-    try:
-        for i in range(first, w.steps):
-            batch = episodes.sft_batch(task, tokenizer, rng, w.batch_size,
-                                       cfg.task.max_prompt_len)  # fmt: skip
-            params, opt_state, loss = step_fn(params, opt_state, batch)
-            if (i + 1) % max(w.steps // 5, 1) == 0:
-                log(f"warm-up {i + 1}/{w.steps}: nll {float(loss):.3f}")
-            if preempted is not None and preempted.flag and saver is not None and i + 1 < w.steps:
-                meta = {"config": config_lib.to_dict(cfg), "step": i + 1,
-                        "rng": json.dumps(rng.bit_generator.state)}  # fmt: skip
-                saver.save(i + 1, (params, opt_state), meta, force=True)
-                log(f"SIGTERM: saved warm-up step {i + 1}/{w.steps} in {saver.directory}; "
-                    "exiting (rerun the same command to continue)")  # fmt: skip
-                return None
-    finally:
-        if saver is not None:
-            saver.close()
-    return init_state(
-        params, obj.optimizer, state.div_params, state.div_coef, obj.step_cfg,
-        key=jax.random.fold_in(jax.random.key(cfg.run.seed), 0x10A),
-    )  # fmt: skip
 
 
 def dry_run(cfg, workdir) -> dict:
