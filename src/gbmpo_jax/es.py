@@ -1,30 +1,45 @@
 """ES strategies over the mirror-map search space (GBMPO, arXiv 2602.04380, section 4).
 
-Every strategy is a `Strategy(name, init, ask, tell)` of pure functions over explicit state,
-**maximising** fitness:
+Every strategy is a `Strategy(name, init, ask, tell, mean, reused, space)` of pure functions
+over explicit state, **maximising** fitness:
 
 * ``init(key, mean [D]) -> state``
 * ``ask(key, state) -> (population [P,D], state)``
 * ``tell(key, population [P,D], fitness [P], state) -> (state, metrics)``; metrics hold
-  ``es/sigma`` and ``es/update_norm`` (||mean_new - mean_old||).
-* ``mean(state) -> [D]``
+  ``es/sigma`` (of the next ask) and ``es/update_norm`` (||mean_new - mean_old||).
+* ``mean(state) -> [D]``: the distribution's centre, the map an ES run hands on.
+* ``reused(state) -> (mask [P], fitness [P])``: rows of the last ask whose fitness the
+  strategy already holds (only the paper ES's elites); ``tell`` uses those values.
+* ``space``: the search space of `mirror_adapter` the strategy works in.
 
 Registry (`STRATEGIES`): ``open_es`` (default; evosax OpenES, antithetic sampling, centered
 ranks, Adam), ``snes``, ``cma_es`` (evosax) and ``paper`` (`paper_es`, the reference code's
-variant, written here). evosax minimises: `_evosax` negates the fitness, the only place where
-the sign flips.
+algorithm, written here). evosax minimises: `_evosax` negates the fitness, the only place
+where the sign flips.
 
-Search space (`MirrorAdapter`): an unconstrained z in R^380 = [v(126), w(126), b(126), a, c]
-mapped to coefficients theta = softplus(z) > 0, so every candidate is a convex potential with
-D >= 0 under any perturbation (the paper perturbed theta directly and let it go negative).
-The inverse z0 = softplus^-1(max(theta0, 1e-6)) makes z0 map back to the reference init
-(exactly, except coefficients below 1e-6 which become 1e-6). For theta << 1 softplus(z) ~ e^z,
-so a Gaussian step in z is a relative (multiplicative) change of each coefficient.
+Search spaces (`mirror_adapter`), both R^380 = [v(126), w(126), b(126), a, c]:
+* ``softplus`` (the evosax strategies): an unconstrained z mapped to coefficients
+  theta = softplus(z) > 0, so every candidate is a convex potential with D >= 0 under any
+  perturbation. The inverse z0 = softplus^-1(max(theta0, 1e-6)) maps back to the reference
+  init (coefficients below 1e-6 become 1e-6). For theta << 1 softplus(z) ~ e^z, so a Gaussian
+  step in z is a relative (multiplicative) change of each coefficient.
+* ``coef`` (the paper ES): the raw coefficients theta themselves, as the reference searched;
+  sigma is added to theta (sigma = 0.01 moves a 0.005 coefficient by ~200%).
 
-Deviations from the reference code: 1. the search is in z (above), not in theta;
-2. `paper_es` "accept if improved" compares the population's mean fitness with the best
-previous one (the reference code's exact bookkeeping is not public); on rejection the mean
-moves to the average of the 2 elites (best members seen so far).
+The paper ES (`paper_es`) follows the reference code (aligntune ``meta_es``: antithetic
+pairs, sigma_t = sigma * 0.99^t, phi += 0.01 * raw-fitness gradient over the (eps, f) pairs
+with f > 0, accepted only if the population's mean fitness beats the best accepted one;
+otherwise phi is kept and the fittest K = max(2, 2 floor(P / 8)) (eps, f) pairs are reused in
+the next generation, which samples only P - K new candidates). Deliberate deviations:
+1. Candidates and phi are projected onto theta >= 0 (max(., 0)), so every candidate is a
+   convex potential with D >= 0; the reference let coefficients go negative. The gradient
+   still uses the sampled eps (an unbiased gradient of the Gaussian-smoothed f(max(., 0))),
+   not the clipped displacement.
+2. The population keeps a static size P: after a rejection its first K rows are the elites
+   (`reused` says which); `tell` uses their stored fitness, as the reference. The outer loop
+   skips those inner runs in sequential mode and runs them anyway under vmap / mesh (one
+   program shape), discarding the result.
+The evosax strategies deviate more: they search in z (above) with their own update rules.
 """
 
 from __future__ import annotations
@@ -57,24 +72,35 @@ def _softplus_inv(x):
     return (x + np.log(-np.expm1(-x))).astype(np.float32)  # log(e^x - 1), stable
 
 
-def mirror_adapter() -> MirrorAdapter:
+def _split(theta) -> dict:
     n = divergences.N_UNITS
+    return {
+        "v": theta[..., :n],
+        "w": theta[..., n : 2 * n],
+        "b": theta[..., 2 * n : 3 * n],
+        "a": theta[..., 3 * n],
+        "c": theta[..., 3 * n + 1],
+    }
+
+
+SPACES = ("softplus", "coef")
+
+
+def mirror_adapter(space: str = "softplus") -> MirrorAdapter:
+    """``softplus``: z -> theta = softplus(z) (open_es, snes, cma_es); ``coef``: the raw
+    coefficients themselves, theta = z (the paper ES, which keeps them >= 0 by projection)."""
+    if space not in SPACES:
+        raise ValueError(f"search space {space!r} is not one of {SPACES}")
 
     def to_params(z):
-        theta = jax.nn.softplus(jnp.asarray(z, jnp.float32))
-        return {
-            "v": theta[..., :n],
-            "w": theta[..., n : 2 * n],
-            "b": theta[..., 2 * n : 3 * n],
-            "a": theta[..., 3 * n],
-            "c": theta[..., 3 * n + 1],
-        }
+        z = jnp.asarray(z, jnp.float32)
+        return _split(jax.nn.softplus(z) if space == "softplus" else z)
 
     def from_params(params):
         flat = np.concatenate([np.reshape(np.asarray(params[k]), (-1,)) for k in KEYS])
         if flat.shape != (DIM,):
             raise ValueError(f"mirror params flatten to {flat.shape}, need ({DIM},)")
-        return jnp.asarray(_softplus_inv(flat))
+        return jnp.asarray(_softplus_inv(flat) if space == "softplus" else flat, jnp.float32)
 
     return MirrorAdapter(jax.jit(to_params), from_params)
 
@@ -86,10 +112,14 @@ class Strategy(NamedTuple):
     ask: Callable[[jax.Array, Any], tuple[jax.Array, Any]]
     tell: Callable[[jax.Array, jax.Array, jax.Array, Any], tuple[Any, dict]]
     mean: Callable[[Any], jax.Array]
+    # (state after ask) -> (mask [P] bool, fitness [P]): rows whose fitness the strategy
+    # already holds (the paper ES's elites); the outer loop reports those values
+    reused: Callable[[Any], tuple[jax.Array, jax.Array]]
+    space: str  # the search space of `mirror_adapter`: "softplus" or "coef"
 
 
-def _evosax(name: str, algo, params) -> Strategy:
-    """Wraps an evosax 0.3 algorithm (which minimises) as a maximising Strategy."""
+def _evosax(name: str, algo, params, pop_size: int) -> Strategy:
+    """Wraps an evosax 0.3 algorithm (which minimises) as a maximising Strategy over z."""
 
     def init(key, mean):
         return algo.init(key, jnp.asarray(mean, jnp.float32), params)
@@ -106,7 +136,11 @@ def _evosax(name: str, algo, params) -> Strategy:
             "es/update_norm": jnp.linalg.norm(state.mean - old),
         }
 
-    return Strategy(name, jax.jit(init), jax.jit(ask), jax.jit(tell), lambda s: s.mean)
+    def reused(state):
+        return jnp.zeros((pop_size,), bool), jnp.zeros((pop_size,), jnp.float32)
+
+    return Strategy(name, jax.jit(init), jax.jit(ask), jax.jit(tell), lambda s: s.mean,
+                    jax.jit(reused), "softplus")  # fmt: skip
 
 
 def open_es(
@@ -122,7 +156,7 @@ def open_es(
         optimizer=optax.adam(lr),
         std_schedule=sched or optax.constant_schedule(sigma),
     )
-    return _evosax("open_es", algo, algo.default_params)
+    return _evosax("open_es", algo, algo.default_params, pop_size)
 
 
 def snes(
@@ -132,7 +166,7 @@ def snes(
     from evosax.algorithms import SNES
 
     algo = SNES(pop_size, jnp.zeros(dim), optimizer=optax.sgd(lr))
-    return _evosax("snes", algo, algo.default_params.replace(std_init=jnp.asarray(sigma)))
+    return _evosax("snes", algo, algo.default_params.replace(std_init=jnp.asarray(sigma)), pop_size)
 
 
 def cma_es(
@@ -142,63 +176,116 @@ def cma_es(
     from evosax.algorithms import CMA_ES
 
     algo = CMA_ES(pop_size, jnp.zeros(dim))
-    return _evosax("cma_es", algo, algo.default_params.replace(std_init=jnp.asarray(sigma)))
+    return _evosax(
+        "cma_es", algo, algo.default_params.replace(std_init=jnp.asarray(sigma)), pop_size
+    )
 
 
 class PaperState(NamedTuple):
-    mean: jax.Array  # [D]
-    sigma: jax.Array  # ()
-    best_mean_fitness: jax.Array  # () best population-mean fitness so far (-inf at start)
-    elites: jax.Array  # [2,D] best members seen
-    elite_fitness: jax.Array  # [2]
+    mean: jax.Array  # [D] phi, the reference's current map (>= 0)
+    sigma: jax.Array  # () sigma of the next ask
+    best_fitness: jax.Array  # () best accepted population-mean fitness (-inf at start)
+    eps: jax.Array  # [P,D] the epsilon of every row of the last ask (elite rows included)
+    elite_x: jax.Array  # [K,D] candidates kept after a rejection, in ascending fitness
+    elite_eps: jax.Array  # [K,D] their epsilon
+    elite_fitness: jax.Array  # [K] their fitness, reused instead of re-measured
+    has_elites: jax.Array  # () bool: the last generation was rejected
     generation: jax.Array  # () int32
 
 
+def paper_elites(pop_size: int) -> int:
+    """K, the candidates kept on rejection: the reference's top 25% rounded down to an even
+    count, at least 2 (so the P - K new ones are whole antithetic pairs)."""
+    return max(2, (pop_size // 4 // 2) * 2)
+
+
 def paper_es(
-    pop_size: int, sigma: float = 0.01, lr: float = 0.01, sigma_decay: float = 0.99, dim: int = DIM
-):
-    """The reference code's ES: antithetic pairs, raw-fitness gradient
-    g = sum_i f_i eps_i / (P sigma), mean += lr g if the population's mean fitness beats the
-    best so far, else mean = average of the 2 elites; sigma *= sigma_decay per generation."""
-    if pop_size % 2:
-        raise ValueError(f"meta.pop_size={pop_size}: antithetic sampling needs an even size")
+    pop_size: int,
+    sigma: float = 0.01,
+    lr: float = 0.01,
+    sigma_decay: float = 0.99,
+    dim: int = DIM,
+    noise: Callable[[jax.Array, tuple], jax.Array] = jax.random.normal,
+) -> Strategy:
+    """The reference code's ES over the raw coefficients phi (search space ``coef``).
+
+    Generation t, sigma_t = sigma * sigma_decay^t, K = `paper_elites`(P):
+      ask:  new eps_j ~ N(0, I) in antithetic pairs, interleaved [e1, -e1, e2, -e2, ...];
+            x_j = max(phi + sigma_t eps_j, 0); after a rejection the first K rows are the
+            kept elites (their x, eps and fitness) and only P - K rows are new.
+      tell: f [P] (the elites' stored fitness replaces rows 0..K-1; non-finite counts as 0);
+            accept iff mean(f) > best_fitness (always at t = 0, best starts at -inf);
+            accept: g = sum_{j: f_j > 0} f_j eps_j / (n_success sigma_t) (the successful
+            (eps, f) pairs; g = 0 if none), phi = max(phi + lr g, 0), best = mean(f), no elites;
+            reject: phi and best unchanged, elites = the K fittest (eps, f, x) of this
+            generation (elites included), ascending.
+    ``noise(key, shape)`` draws the [P/2, D] base perturbations (a test injects fixed ones).
+    """
+    k = paper_elites(pop_size)
+    if pop_size % 2 or pop_size < k + 2:
+        raise ValueError(
+            f"meta.pop_size={pop_size}: the paper ES needs an even size >= {k + 2} "
+            f"(it keeps {k} elites on rejection and samples antithetic pairs besides)"
+        )
+    rows = jnp.arange(pop_size)
 
     def init(key, mean):
         mean = jnp.asarray(mean, jnp.float32)
         if mean.shape != (dim,):
             raise ValueError(f"paper ES mean has shape {mean.shape}, expected ({dim},)")
+        z = jnp.zeros((k, dim), jnp.float32)
         return PaperState(
-            mean, jnp.asarray(sigma, jnp.float32), jnp.asarray(-jnp.inf, jnp.float32),
-            jnp.stack([mean, mean]), jnp.full((2,), -jnp.inf, jnp.float32),
-            jnp.asarray(0, jnp.int32),
+            jnp.maximum(mean, 0.0), jnp.asarray(sigma, jnp.float32),
+            jnp.asarray(-jnp.inf, jnp.float32), jnp.zeros((pop_size, dim), jnp.float32),
+            z, z, jnp.zeros((k,), jnp.float32), jnp.asarray(False), jnp.asarray(0, jnp.int32),
         )  # fmt: skip
 
     def ask(key, state):
-        eps = jax.random.normal(key, (pop_size // 2, state.mean.shape[0]))
-        return state.mean + state.sigma * jnp.concatenate([eps, -eps]), state
+        half = noise(key, (pop_size // 2, dim)).astype(jnp.float32)
+        new = jnp.stack([half, -half], axis=1).reshape(pop_size, dim)  # e1, -e1, e2, -e2, ...
+        x = jnp.maximum(state.mean + state.sigma * new, 0.0)
+        # after a rejection: [elites, the first (P - K) / 2 new pairs]
+        eps = jnp.where(
+            state.has_elites, jnp.concatenate([state.elite_eps, new[: pop_size - k]]), new
+        )
+        x = jnp.where(state.has_elites, jnp.concatenate([state.elite_x, x[: pop_size - k]]), x)
+        return x, state._replace(eps=eps)
+
+    def reused(state):
+        """(mask [P], fitness [P]): the rows whose fitness the ES takes from its elites."""
+        mask = state.has_elites & (rows < k)
+        return mask, jnp.zeros((pop_size,), jnp.float32).at[:k].set(state.elite_fitness)
 
     def tell(key, population, fitness, state):
-        f = jnp.asarray(fitness, jnp.float32)
-        eps = (population - state.mean) / state.sigma
-        grad = f @ eps / (pop_size * state.sigma)
+        mask, known = reused(state)
+        f = jnp.where(mask, known, jnp.asarray(fitness, jnp.float32))
+        f = jnp.where(jnp.isfinite(f), f, 0.0)  # the reference scores a failed run 0
         mean_f = jnp.mean(f)
-        improved = mean_f > state.best_mean_fitness
-        all_f = jnp.concatenate([state.elite_fitness, f])
-        all_x = jnp.concatenate([state.elites, population])
-        top = jnp.argsort(-all_f)[:2]
-        elites, elite_f = all_x[top], all_f[top]
-        new_mean = jnp.where(improved, state.mean + lr * grad, jnp.mean(elites, axis=0))
+        accepted = mean_f > state.best_fitness
+        ok = f > 0
+        n_ok = jnp.sum(ok)
+        grad = jnp.where(ok, f, 0.0) @ state.eps / (jnp.maximum(n_ok, 1) * state.sigma)
+        new_mean = jnp.where(accepted, jnp.maximum(state.mean + lr * grad, 0.0), state.mean)
+        top = jnp.argsort(f)[-k:]  # ascending, as the reference's argsort(...)[-K:]
         new = PaperState(
-            new_mean, state.sigma * sigma_decay, jnp.maximum(mean_f, state.best_mean_fitness),
-            elites, elite_f, state.generation + 1,
+            new_mean, state.sigma * sigma_decay,
+            jnp.where(accepted, mean_f, state.best_fitness), state.eps,
+            population[top].astype(jnp.float32), state.eps[top], f[top], ~accepted,
+            state.generation + 1,
         )  # fmt: skip
         return new, {
             "es/sigma": new.sigma,
             "es/update_norm": jnp.linalg.norm(new_mean - state.mean),
-            "es/accepted": improved.astype(jnp.float32),
+            "es/accepted": accepted.astype(jnp.float32),
+            "es/grad_norm": jnp.where(accepted, jnp.linalg.norm(grad), 0.0),
+            "es/successful": n_ok.astype(jnp.float32),
+            "es/reused": jnp.sum(mask).astype(jnp.float32),
         }
 
-    return Strategy("paper", jax.jit(init), jax.jit(ask), jax.jit(tell), lambda s: s.mean)
+    return Strategy(
+        "paper", jax.jit(init), jax.jit(ask), jax.jit(tell), lambda s: s.mean,
+        jax.jit(reused), "coef",
+    )  # fmt: skip
 
 
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
