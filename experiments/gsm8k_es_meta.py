@@ -1,8 +1,19 @@
 """ES meta-learning of the neural mirror map on GSM8K (PAPER.md section 4): Qwen3-4B + LoRA.
 
 Launch:   make train EXP=gsm8k_es_meta   (= python -m gbmpo_jax.meta --exp gsm8k_es_meta)
-          faithful reproduction of the paper's ES: add ARGS="meta.strategy=paper
-          meta.sigma=0.01 meta.lr=0.01 meta.sigma_decay=0.99 meta.pop_size=10"
+          the reference's ES: add ARGS="meta.strategy=paper meta.sigma=0.01 meta.lr=0.01
+          meta.sigma_decay=0.99" (P = 10 and 15 generations are already the defaults)
+ES:       reproduced in both modes: N = P = 10 antithetic candidates, 15 generations, T = 100
+          inner steps from the same base and seed for every candidate, fitness = greedy
+          validation accuracy.
+          default (meta.strategy=open_es): deviates in the update: evosax OpenES (centered
+          ranks, Adam lr 0.05) with sigma 0.1 on z = softplus^-1(coefficients), a relative
+          step that keeps every candidate convex.
+          meta.strategy=paper: the reference's update (additive sigma 0.01 on the 380 raw
+          coefficients, x0.99 per generation, step 0.01 on the raw-fitness gradient over the
+          f > 0 pairs, accepted only if the mean fitness improves, else phi kept and the 2
+          fittest (eps, f) pairs reused); deviates only in projecting candidates and phi onto
+          coefficients >= 0 (the reference let them go negative: h non-convex, D < 0).
 Compare:  python -m gbmpo_jax.meta compare --exp gsm8k_es_meta --seeds 3 --workdir <es run>
           (each arm as the paper ran it: 1,000 steps on the full train split, then greedy
           accuracy on all 1,319 test problems)
@@ -14,7 +25,7 @@ Hardware: 10 x H100 (or a v5e-32 slice): meta.population_mode=mesh puts one memb
 Fitness:  greedy accuracy on 256 problems of the validation split (20% of train, disjoint by
           id from inner_train: the paper's split overlapped ~80%); test is never seen by ES.
 Expected: fitness rises by a few points over the reference-init map within 15 generations;
-          then train in full with objective.mirror_params_path=<workdir>/mirror_best.npz
+          then train in full with objective.mirror_params_path=<workdir>/mirror_mean.npz
           (paper: 85.1-85.5% test accuracy for the neural mirror arms).
 """
 

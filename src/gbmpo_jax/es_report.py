@@ -1,7 +1,9 @@
 """What an ES run leaves behind: mirror maps as .npz, the meta-learning curve, h'(y) plots,
 and the paper-style comparison table (GBMPO, arXiv 2602.04380, section 5).
 
-* ``mirror_best.npz`` / ``mirror_mean.npz``: keys v, w, b [126], a, c (scalars), float32,
+* ``mirror_mean.npz``: the ES mean, the result of the run (the reference's phi) and the map
+  ``meta compare`` uses by default; ``mirror_best.npz``: the fittest single member seen
+  (selection-biased; ``compare --carry best``). Keys v, w, b [126], a, c (scalars), float32,
   non-negative (through the adapter); load with ``objective.mirror_params_path=...``
   (`policy.load_mirror_params`).
 * ``es_curve.png``: validation fitness of the mean candidate and of the best member per

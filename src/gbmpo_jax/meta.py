@@ -2,7 +2,8 @@
 
 Entry points (`make train EXP=<name>_es_meta` dispatches here):
   python -m gbmpo_jax.meta --exp NAME[:smoke] [--workdir DIR] [key=value ...]
-  python -m gbmpo_jax.meta compare --exp NAME --seeds S [--workdir DIR] [--mirror F.npz] [...]
+  python -m gbmpo_jax.meta compare --exp NAME --seeds S [--workdir DIR] [--carry mean|best]
+                                   [--mirror F.npz] [...]
 Overrides: run-config keys as in train.py (`run.steps=4` = T inner steps) and ``meta.``-prefixed
 `MetaCfg` fields (`meta.pop_size=8 meta.strategy=paper`).
 
@@ -11,8 +12,10 @@ run.steps GBMPO steps with objective.divergence=neural_mirror, fitness on task.e
 and ``get_meta_config(variant) -> MetaCfg``.
 
 One generation (pure ES core in `es`, inner runs in `population`):
-  z [P,380] = ask(key_g, state)  ->  mirror params = adapter(z) (all >= 0)
-  -> fitness [P] = greedy validation accuracy after T inner steps (common random numbers)
+  z [P,380] = ask(key_g, state)  ->  mirror params = adapter(z) (all >= 0; z is softplus^-1
+  of the coefficients for the evosax strategies, the coefficients themselves for ``paper``)
+  -> fitness [P] = greedy validation accuracy after T inner steps (common random numbers;
+     rows the strategy already scored, the paper ES's reused elites, keep its fitness)
   -> state = tell(key_g, z, fitness, state)   (es: maximised; evosax's sign flip in `es`)
 Keys come from (meta.seed, generation), so a resumed run repeats an uninterrupted one.
 The mean's fitness (the meta-learning curve) is an extra inner run when meta.eval_mean.
@@ -23,9 +26,15 @@ a restart refuses a different config, truncates metrics.jsonl and continues at g
 One process writes a workdir (`lock.RunLock`); checkpoints are verified before use.
 
 Outputs in the workdir: metrics.jsonl + tb/ (es/fitness_{mean,std,min,max,best}, es/sigma,
-es/update_norm, es/mean_fitness, es/member_fitness/<i>), es_curve.png, mirror_best.npz and
-mirror_mean.npz (keys v,w,b,a,c; train with objective.mirror_params_path=...),
-mirror_slope.png (h'(y) of the learned maps against the initial map), DONE.
+es/update_norm, es/mean_fitness, es/member_fitness/<i>; paper: es/accepted, es/successful,
+es/reused, es/grad_norm), es_curve.png, mirror_mean.npz and mirror_best.npz (keys v,w,b,a,c;
+train with objective.mirror_params_path=...), mirror_slope.png (h'(y) of the learned maps
+against the initial map), DONE.
+
+What is carried forward: ``mirror_mean.npz``, the ES mean (the reference's phi, which its
+code saves and reuses), is the result; `compare` trains with it unless ``--carry best``
+picks ``mirror_best.npz``, the single fittest member seen (selection-biased: the max of P
+noisy fitnesses per generation), or ``--mirror`` names another file.
 """
 
 from __future__ import annotations
@@ -56,6 +65,11 @@ from gbmpo_jax import config as config_lib
 from gbmpo_jax.divergences import validate_mirror_params
 
 DONE_MARKER = "DONE"
+# `compare --carry`: which map an ES run hands on -> (file in its workdir, table label)
+CARRY = {
+    "mean": ("mirror_mean.npz", "neural mirror (ES)"),  # the reference's phi (default)
+    "best": ("mirror_best.npz", "neural mirror (ES best member)"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +77,10 @@ class MetaCfg:
     strategy: str = "open_es"  # a key of es.STRATEGIES: open_es | snes | cma_es | paper
     pop_size: int = 8  # P, even (antithetic pairs)
     generations: int = 15
-    sigma: float = 0.1  # initial perturbation std in z (softplus^-1 of the coefficients)
-    lr: float = 0.05  # mean step (Adam for open_es, sgd for snes, raw step for paper)
+    # initial perturbation std: in z = softplus^-1(coefficients) for open_es / snes / cma_es,
+    # added to the raw coefficients for paper (the reference: 0.01)
+    sigma: float = 0.1
+    lr: float = 0.05  # mean step (Adam for open_es, sgd for snes, raw step for paper: 0.01)
     sigma_decay: float = 1.0  # per generation (open_es, paper)
     population_mode: str = "vmap"  # vmap | mesh | sequential (population.MODES)
     seed: int = 0  # ES keys: fold_in(key(seed), generation)
@@ -155,10 +171,10 @@ def _run(cfg: config_lib.Config, mcfg: MetaCfg, workdir, *, log=print) -> dict:
     td = episodes.TrainData.from_config(cfg, tokenizer)
     if cfg.warmup.steps:
         model = _warm_base(cfg, model, obj, td, tokenizer, log)
-    adapter = es.mirror_adapter()
-    z0 = adapter.from_params(jax.device_get(obj.div_params))
     strategy = es.get(mcfg.strategy, mcfg.pop_size, sigma=mcfg.sigma, lr=mcfg.lr,
                       sigma_decay=mcfg.sigma_decay)  # fmt: skip
+    adapter = es.mirror_adapter(strategy.space)  # z (evosax) or the raw coefficients (paper)
+    z0 = adapter.from_params(jax.device_get(obj.div_params))
     programs = {"vmap": population.make_programs(cfg, model, tokenizer, obj, td)}
     if mcfg.population_mode == "mesh":
         mesh = population.pop_mesh(mcfg.pop_size)
@@ -190,9 +206,11 @@ def _run(cfg: config_lib.Config, mcfg: MetaCfg, workdir, *, log=print) -> dict:
             k_ask, k_tell = _fold(mcfg.seed, gen)
             mean_z = strategy.mean(state["es"])
             pop, es_state = strategy.ask(k_ask, state["es"])
+            # rows the strategy already scored (the paper ES's reused elites) keep that fitness
+            reused, known = (np.asarray(x) for x in jax.device_get(strategy.reused(es_state)))
             params = adapter.to_params(pop)
             _members(params, mcfg.pop_size)  # host check: convex, D >= 0 (cannot fail by design)
-            res = population.run_population(programs, mcfg.population_mode, params, steps)
+            res = _evaluate(programs, mcfg.population_mode, params, steps, reused)
             rec = {}
             if mcfg.eval_mean:
                 mres = population.run_population(
@@ -200,8 +218,8 @@ def _run(cfg: config_lib.Config, mcfg: MetaCfg, workdir, *, log=print) -> dict:
                 )
                 rec["es/mean_fitness"] = float(mres.fitness[0])
                 rec["es/mean_length"] = float(mres.aux["eval/mean_length"][0])
-            es_state, m = strategy.tell(k_tell, pop, jnp.asarray(res.fitness), es_state)
-            f = res.fitness
+            f = np.where(reused, known, res.fitness).astype(np.float32)  # what tell uses
+            es_state, m = strategy.tell(k_tell, pop, jnp.asarray(f), es_state)
             i_best = int(np.argmax(f))
             if f[i_best] > float(state["best_fitness"]):
                 state = dict(state, best_z=pop[i_best], best_fitness=jnp.asarray(f[i_best]))
@@ -212,7 +230,7 @@ def _run(cfg: config_lib.Config, mcfg: MetaCfg, workdir, *, log=print) -> dict:
                 "es/fitness_best": float(state["best_fitness"]),
                 **{k: float(v) for k, v in jax.device_get(m).items()},
                 **{f"es/member_fitness/{i}": float(x) for i, x in enumerate(f)},
-                **{f"es/{k}_mean": float(np.mean(v)) for k, v in res.aux.items()},
+                **{f"es/{k}_mean": float(np.nanmean(v)) for k, v in res.aux.items()},
             })  # fmt: skip
             writer.scalars(gen, rec)
             writer.histogram(gen, "es/fitness", f)
@@ -230,6 +248,22 @@ def _run(cfg: config_lib.Config, mcfg: MetaCfg, workdir, *, log=print) -> dict:
                "last": history[-1] if history else {}, **{k: str(v) for k, v in out.items()}}  # fmt: skip
     (workdir / DONE_MARKER).write_text(json.dumps(summary, default=str))
     return summary
+
+
+def _evaluate(programs, mode, params, steps, reused) -> population.InnerResult:
+    """Inner runs of the members the ES has not scored yet. ``sequential`` skips the
+    ``reused`` rows (NaN in the result); ``vmap`` / ``mesh`` run all P (one program shape,
+    the extra rows' fitness is discarded)."""
+    if mode != "sequential" or not reused.any():
+        return population.run_population(programs, mode, params, steps)
+    idx = np.flatnonzero(~reused)
+    part = population.run_population(programs, mode, jax.tree.map(lambda x: x[idx], params), steps)
+    out = {}
+    for k, v in {"fitness": part.fitness, **part.aux}.items():
+        out[k] = np.full(reused.shape, np.nan, np.float32)
+        out[k][idx] = v
+    fitness = out.pop("fitness")
+    return population.InnerResult(fitness, out)
 
 
 def _warm_base(cfg, model, obj, td, tokenizer, log):
@@ -264,9 +298,13 @@ def _check_same(saved: dict, now: dict) -> None:
         )
 
 
-def compare(cfg, mcfg, mirror_path, seeds: int, workdir, *, log=print) -> list[dict]:
+def compare(
+    cfg, mcfg, mirror_path, seeds: int, workdir, *, carry: str = "mean", log=print
+) -> list[dict]:
     """KL, ProbL2, the neural mirror at its initial map (objective.mirror_init: the paper's
-    random-init arm and the ES starting point) and the ES map, each over ``seeds`` seeds
+    random-init arm and the ES starting point) and the ES map (``mirror_path``; ``carry``
+    names it in the table: the ES mean, as the reference, or the best member), each over
+    ``seeds`` seeds
     (run.seed, +1, ...) with `train.run` as the paper ran them: ``meta.compare_steps`` steps
     (the experiment sets the paper's length; 0 = run.steps) on ``meta.compare_train_split``,
     then greedy accuracy on the *whole* test split (`final/test_*`; never used by ES)."""
@@ -284,8 +322,8 @@ def compare(cfg, mcfg, mirror_path, seeds: int, workdir, *, log=print) -> list[d
                                "objective.coef": mcfg.compare_probl2_coef}),
         "mirror_init": ("neural mirror (random init)", {"objective.divergence": "neural_mirror",
                                                         "objective.mirror_params_path": ""}),
-        "mirror_es": ("neural mirror (ES)", {"objective.divergence": "neural_mirror",
-                                             "objective.mirror_params_path": str(mirror_path)}),
+        "mirror_es": (CARRY[carry][1], {"objective.divergence": "neural_mirror",
+                                        "objective.mirror_params_path": str(mirror_path)}),
     }  # fmt: skip
     rows = []
     for slug, (arm, ov) in arms.items():
@@ -311,7 +349,11 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default=None, help="run directory (default runs/DATE_NAME)")
     if cmd == "compare":
         ap.add_argument("--seeds", type=int, default=3)
-        ap.add_argument("--mirror", default=None, help=".npz (default WORKDIR/mirror_best.npz)")
+        ap.add_argument("--carry", choices=sorted(CARRY), default="mean",
+                        help="which map of the ES run: mean = the ES mean (the reference's phi, "
+                        "default), best = the best single member (selection-biased)")  # fmt: skip
+        ap.add_argument("--mirror", default=None,
+                        help=".npz to use instead (default WORKDIR/mirror_<carry>.npz)")  # fmt: skip
     ap.add_argument("overrides", nargs="*", help="key=value; meta.* for MetaCfg fields")
     args = ap.parse_args(argv)
     try:
@@ -327,12 +369,12 @@ def main(argv=None) -> int:
     workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(cfg.name)
     try:
         if cmd == "compare":
-            mirror = pathlib.Path(args.mirror or workdir / "mirror_best.npz")
+            mirror = pathlib.Path(args.mirror or workdir / CARRY[args.carry][0])
             if not mirror.is_file():
                 raise config_lib.ConfigError(f"--mirror {mirror} not found: run ES first")
             if args.seeds < 1:
                 raise config_lib.ConfigError("--seeds must be >= 1")
-            rows = compare(cfg, mcfg, mirror, args.seeds, workdir)
+            rows = compare(cfg, mcfg, mirror, args.seeds, workdir, carry=args.carry)
             print(es_report.table(rows))
             return 0
         summary = run(cfg, mcfg, workdir)
