@@ -10,7 +10,11 @@ Hardware: this 2-core CPU, offline. The 0.9M-parameter demo model gets a short s
           measured end to end (the smoke variant: ~1 min of CPU, 2-4 min on the shared box).
 What:     lambda = 1.0 (instead of the paper's 1e-4) so the mirror map actually shapes the
           inner runs of this small demo; OpenES (antithetic, centered ranks, Adam 0.05) over
-          z = softplus^-1(coefficients), sigma 0.3.
+          z = softplus^-1(coefficients), sigma 0.3. Reproduces the paper's ES loop (antithetic
+          candidates, T inner steps from one base and seed, greedy validation fitness); deviates
+          in P = 8, 6 generations, T = 10 and the update rule (meta.strategy=paper
+          meta.sigma=0.01 meta.lr=0.01 meta.sigma_decay=0.99 runs the reference's). `compare`
+          uses mirror_mean.npz (the ES mean), --carry best the best member.
 Expected (not yet run to completion): es/fitness_best above the generation-1 mean; the curve
           in es_curve.png, the learned h'(y) in mirror_slope.png, the maps in
           mirror_{best,mean}.npz.
