@@ -7,9 +7,14 @@ A checkpoint at step s holds the whole run state after s completed steps:
   * `meta`: JSON with the resolved config, the data-order state, the base PRNG seed, and
     anything else the loop needs to continue bit-identically.
 
-Resume order (train.py): build everything from the config -> `restore_latest` gives
-(state, meta) -> refuse on config mismatch (`check_compatible`) -> truncate metrics.jsonl to
-the restored step -> continue at step + 1 with keys derived from (seed, step).
+Resume order (train.py): build everything from the config -> `latest_good_step` (the newest
+step that verifies) -> refuse on config mismatch (`check_compatible`) -> `restore` gives
+(state, meta) -> rewind metrics.jsonl and tb/ to the restored step -> continue at step + 1
+with keys derived from (seed, step).
+
+Multi-host: only process 0 writes integrity records and moves failed steps, and it hashes
+every host's shard files, so the checkpoint directory must be one shared (local or network)
+filesystem path.
 
 Atomicity: Orbax writes into a temporary directory and renames it when complete, so a kill
 mid-save leaves either the previous checkpoint or an unfinalised temp dir that is ignored.
