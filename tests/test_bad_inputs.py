@@ -221,3 +221,20 @@ def test_evaluate_never_overwrites_a_result(tmp_path, capsys):
     first = evaluate.make_output_dir(evaluate.fresh_output_dir("", tmp_path / "eval_x"))
     assert first == tmp_path / "eval_x"  # the default name, while it is free
     assert evaluate.fresh_output_dir("", tmp_path / "eval_x") == tmp_path / "eval_x-2"
+
+
+def test_eval_size_zero_is_an_explicit_logged_choice(tmp_path):
+    """The same empty validation split trains when evaluation is switched off, and says so."""
+    from gbmpo_jax import config, experiment, metrics
+
+    cfg = config.override(experiment.load("default:smoke"), **{
+        "mesh.num_devices": 1, "warmup.steps": 0, "task.name": "mbpp_sanitized",
+        "task.options": (), "task.source": str(_mbpp_without_validation(tmp_path)),
+        "task.eval_size": 0, "run.steps": 0, "run.export": False,
+    })  # fmt: skip
+    logs = []
+    out = train.run(cfg, tmp_path / "wd", log=logs.append)
+    assert any(m.startswith("task.eval_size=0: this run has no held-out evaluation") for m in logs)
+    assert out["first_eval"] == {} and out["step"] == 0
+    recs = metrics.read_jsonl(tmp_path / "wd" / "metrics.jsonl")
+    assert not any("eval/accuracy" in r for r in recs)

@@ -152,6 +152,8 @@ def run(cfg: config_lib.Config, workdir, *, log=print) -> dict:
 def _run(cfg: config_lib.Config, workdir: pathlib.Path, log, preempted: _Preempted) -> dict:
     is_main = jax.process_index() == 0
     model, tokenizer, obj, task = _setup(cfg, workdir)
+    if not cfg.task.eval_size:
+        log("task.eval_size=0: this run has no held-out evaluation (no eval/* metrics)")
     mc = model.config
     rows = cfg.rollout.prompts_per_step * cfg.rollout.group_size
 
