@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gbmpo_jax import divergences, lora, mesh, models, presets, sampling
@@ -133,7 +134,8 @@ def test_rollout_matches_one_device(shape):
     params_sh = mesh.param_shardings(mc, m)
     gen = mesh.jit_rollout(m, params_sh)  # drop-in for sampling.generate
     out = gen(models.Model(mc, jax.device_put(model.params, params_sh)), ids, am, key, sc)
-    assert out.tokens.sharding.spec == P(("data", "fsdp"), None)
+    rows = NamedSharding(m, P(("data", "fsdp"), None))  # rows split over data x fsdp
+    assert out.tokens.sharding.is_equivalent_to(rows, 2)
     out = jax.device_get(out)
     np.testing.assert_array_equal(out.tokens, ref.tokens, err_msg=str(shape))
     np.testing.assert_array_equal(out.mask, ref.mask)
@@ -142,7 +144,7 @@ def test_rollout_matches_one_device(shape):
         ref4 = jax.device_get(sampling.generate(model, ids[:4], am[:4], key, sc))
         out4 = gen(models.Model(mc, jax.device_put(model.params, params_sh)), ids[:4], am[:4],
                    key, sc)  # fmt: skip
-        assert out4.tokens.sharding.spec == P(("data", "fsdp"), None)
+        assert out4.tokens.sharding.is_equivalent_to(rows, 2)
         np.testing.assert_array_equal(jax.device_get(out4.tokens), ref4.tokens)
 
 
@@ -213,3 +215,22 @@ def test_host_rows_roundtrip_single_process():
     np.testing.assert_array_equal(mesh.host_local_rows(g["x"]), x)
     assert float(g["n"]) == 5.0
     assert float(jnp.sum(g["x"])) == float(x.sum())
+
+
+def test_one_names_to_sharding_mapping_for_every_layer():
+    """Rollout buffers (sampling), adapters (lora) and params (models) name their own axes;
+    mesh.shardings maps any of them. "batch" spans data x fsdp, replicated when rows do not
+    divide."""
+    m = make_mesh((2, 2, 2))
+    n, t = 8, 3
+    bufs = sampling.Rollout(*(np.zeros((n, t)) if len(a) == 2 else np.zeros(n)
+                              for a in sampling.ROLLOUT_AXES))  # fmt: skip
+    sh = mesh.shardings(sampling.ROLLOUT_AXES, bufs, m)
+    assert sh.tokens.spec == P(("data", "fsdp"), None) and sh.lengths.spec == P(("data", "fsdp"))
+    odd = mesh.shardings(sampling.ROLLOUT_AXES, jax.tree.map(lambda x: x[:6], bufs), m)
+    assert odd.tokens.spec == P(None, None)  # 6 rows over 4 devices: replicated
+    mc = presets.model_config("tiny", vocab_size=64)
+    cfg = lora.LoraConfig(rank=2, alpha=2.0, targets=("q_proj",))
+    names = mesh.lora_names(mc, cfg)
+    assert names["layers"]["q"]["lora_a"] == ("layers", "embed", None)
+    assert names["layers"]["q"]["lora_b"] == ("layers", None, "heads")

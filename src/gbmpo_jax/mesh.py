@@ -11,8 +11,10 @@ Mesh: four named axes, in this order (outermost first, so `data` spans hosts/sli
 Batch rows are split over ("data", "fsdp") together (FSDP is data parallel for activations),
 so a global batch of N rows needs N % (data * fsdp) == 0; every other batch axis is whole.
 
-Parameters: `models.logical_axes(config)` names each dimension of each leaf; `RULES` maps a
-logical name to a mesh axis (or None = replicated). A dimension whose size does not divide
+Each layer names the dimensions of the arrays it owns: `models.logical_axes` (parameters),
+`lora.logical_axes` (adapters), `sampling.ROLLOUT_AXES` (rollout buffers); training batches
+put rows on "batch". `RULES` maps a logical name to a mesh axis, a tuple of mesh axes, or
+None (replicated); `shardings(names, shapes, mesh)` is the one names-to-sharding mapping. A dimension whose size does not divide
 by the mesh axis size is replicated instead, logged once per (leaf, axis). A mesh axis is used
 at most once per leaf (a later dimension asking for an axis already taken is replicated).
 Optimizer state and LoRA adapters get the placement of the parameter they belong to, found
@@ -20,7 +22,9 @@ by tree path and shape (`state_shardings`); everything else (counters, divergenc
 replicated.
 
 Compilation uses classic GSPMD propagation (`jax.sharding.Mesh`, Auto axis types): the train
-step and rollout are `jax.jit`-ed with explicit in/out shardings and XLA inserts collectives.
+step, log-prob pass and rollout are plain `jax.jit`s (jax's own cache, one compilation per
+input signature) with the state's shardings explicit and the shape-dependent layouts (rows
+split when they divide, else replicated) pinned inside the program with sharding constraints.
 Sharding never changes the maths: results equal the one-device run up to float reassociation.
 
 Multi-host: every process builds the same global mesh from `jax.devices()`; each process
@@ -49,7 +53,8 @@ BATCH_AXES: tuple[str, ...] = ("data", "fsdp")
 
 # Logical axis name -> mesh axis (None = replicated). The one table; pass `rules=` to override
 # (e.g. {**RULES, "vocab": "fsdp"}) anywhere a function takes it.
-RULES: dict[str, str | None] = {
+RULES: dict[str, str | tuple[str, ...] | None] = {
+    "batch": BATCH_AXES,  # rows of rollouts and training batches (FSDP is data parallel too)
     "layers": None,  # scanned over: sharding it would serialise the scan across devices
     "embed": "fsdp",  # hidden size: every matrix has it, so FSDP shards every matrix
     "vocab": "tensor",  # embedding rows / lm_head columns (logits split over tensor)
@@ -145,24 +150,59 @@ def spec_for(names, shape, mesh: Mesh, rules: Mapping | None = None, where: str 
     used, out = set(), []
     for name, size in zip(names, shape, strict=True):
         axis = rules.get(name) if name is not None else None
-        if axis is not None and axis not in mesh.shape:
-            raise MeshError(f"rules[{name!r}]={axis!r} is not a mesh axis {tuple(mesh.shape)}")
-        if axis is None or mesh.shape[axis] == 1 or axis in used:
+        group = () if axis is None else (axis,) if isinstance(axis, str) else tuple(axis)
+        bad = [a for a in group if a not in mesh.shape]
+        if bad:
+            raise MeshError(
+                f"rules[{name!r}]={axis!r}: {bad[0]!r} is not a mesh axis {tuple(mesh.shape)}"
+            )
+        n = math.prod(mesh.shape[a] for a in group)
+        if n == 1 or used & set(group):
             out.append(None)
             continue
-        if size % mesh.shape[axis]:
-            key = (where, name, axis)
+        if size % n:
+            key = (where, name, group)
             if key not in _logged:
                 _logged.add(key)
                 log.warning(
                     "%s: axis %r of size %d does not divide by mesh %s=%d; replicated",
-                    where, name, size, axis, mesh.shape[axis],
+                    where, name, size, "x".join(group), n,
                 )  # fmt: skip
             out.append(None)
             continue
-        used.add(axis)
-        out.append(axis)
+        used |= set(group)
+        out.append(group[0] if len(group) == 1 else group)
     return P(*out)
+
+
+def _is_names(x) -> bool:
+    return isinstance(x, tuple) and all(isinstance(a, str | None) for a in x)
+
+
+def _is_shape(x) -> bool:
+    return hasattr(x, "shape") or (isinstance(x, tuple) and all(isinstance(a, int) for a in x))
+
+
+def specs(names, shapes, mesh: Mesh, rules: Mapping | None = None):
+    """PartitionSpec pytree from a logical-names pytree (leaves: tuples of str | None, one per
+    dimension) and a same-structure pytree of arrays, ShapeDtypeStructs or shape tuples."""
+    flat, tree = jax.tree.flatten_with_path(names, is_leaf=_is_names)
+    dims = [tuple(np.shape(s)) if hasattr(s, "shape") else s
+            for s in jax.tree.leaves(shapes, is_leaf=_is_shape)]  # fmt: skip
+    if len(dims) != len(flat):
+        raise MeshError(f"{len(flat)} logical-name leaves but {len(dims)} shapes")
+    out = [spec_for(n, d, mesh, rules, "/".join(map(str, _keys(p))))
+           for (p, n), d in zip(flat, dims, strict=True)]  # fmt: skip
+    return jax.tree.unflatten(tree, out)
+
+
+def shardings(names, shapes, mesh: Mesh, rules: Mapping | None = None):
+    """The one names-to-sharding mapping: NamedSharding pytree (see `specs`)."""
+    return jax.tree.map(
+        lambda s: NamedSharding(mesh, s),
+        specs(names, shapes, mesh, rules),
+        is_leaf=lambda x: isinstance(x, P),
+    )
 
 
 def _keys(path) -> tuple:
@@ -173,22 +213,16 @@ def param_specs(model_config, mesh: Mesh, rules: Mapping | None = None, shapes=N
     """PartitionSpec pytree for the model params (structure of `models.logical_axes`)."""
     from gbmpo_jax.models import transformer
 
-    names = models.logical_axes(model_config)
     shapes = transformer.param_shapes(model_config) if shapes is None else shapes
-    is_names = lambda x: isinstance(x, tuple)  # noqa: E731
-    flat, tree = jax.tree.flatten_with_path(names, is_leaf=is_names)
-    shape_leaves = jax.tree.leaves(shapes, is_leaf=is_names)
-    specs = [
-        spec_for(n, s, mesh, rules, "/".join(map(str, _keys(p))))
-        for (p, n), s in zip(flat, shape_leaves, strict=True)
-    ]
-    return jax.tree.unflatten(tree, specs)
+    return specs(models.logical_axes(model_config), shapes, mesh, rules)
 
 
 def param_shardings(model_config, mesh: Mesh, rules: Mapping | None = None) -> dict:
     """NamedSharding pytree for the model params (e.g. the rollout's `params_sh`)."""
-    specs = param_specs(model_config, mesh, rules)
-    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
+    from gbmpo_jax.models import transformer
+
+    shapes = transformer.param_shapes(model_config)
+    return shardings(models.logical_axes(model_config), shapes, mesh, rules)
 
 
 def _structs(model_config) -> dict:
@@ -260,8 +294,8 @@ def per_device_bytes(tree) -> int:
 
 # --------------------------------------------------------------------------- sharded jit
 def batch_shardings(batch: Mapping, mesh: Mesh) -> dict:
-    """Per-key shardings of a training batch dict: rows over the batch axes; scalars
-    (e.g. num_items_in_batch) replicated."""
+    """Per-key shardings of a training batch dict: rows on "batch" (an error naming the key
+    when they do not split); scalars (e.g. num_items_in_batch) replicated."""
     out = {}
     for k, v in batch.items():
         nd = np.ndim(v)
@@ -271,78 +305,59 @@ def batch_shardings(batch: Mapping, mesh: Mesh) -> dict:
     return out
 
 
+def _rows_or_replicated(x, mesh: Mesh):
+    """Rows split over the batch axes when they divide, else replicated (logged at trace)."""
+    names = ("batch",) + (None,) * (x.ndim - 1)
+    return NamedSharding(mesh, spec_for(names, x.shape, mesh, where="rollout rows"))
+
+
 def jit_update(update_fn, state_sh, mesh: Mesh):
     """`update(state, batch, key) -> (state, metrics)` compiled with explicit shardings.
 
     `update_fn` is `train_step.make_update(..., jit=False)`. The state keeps `state_sh`
-    (donated); batch rows over ("data", "fsdp"); the key and the metrics are replicated
-    (metrics are global reductions). One compilation per batch layout (set of keys / ranks).
-    """
-    cache: dict = {}
+    (donated); batch rows over ("data", "fsdp") (pinned inside the program, so any batch
+    layout compiles through the one `jax.jit`); the key and the metrics are replicated
+    (metrics are global reductions)."""
+
+    def program(state, batch, key):
+        batch = {k: jax.lax.with_sharding_constraint(v, sh)
+                 for (k, v), sh in zip(batch.items(), batch_shardings(batch, mesh).values(),
+                                       strict=True)}  # fmt: skip
+        return update_fn(state, batch, key)
+
     rep = replicated(mesh)
-
-    def step(state, batch, key):
-        sig = tuple(sorted((k, np.ndim(v)) for k, v in batch.items()))
-        if sig not in cache:
-            cache[sig] = jax.jit(
-                update_fn,
-                in_shardings=(state_sh, batch_shardings(batch, mesh), rep),
-                out_shardings=(state_sh, rep),
-                donate_argnums=0,
-            )
-        else:
-            batch_shardings(batch, mesh)  # row check with a clear error
-        return cache[sig](state, batch, key)
-
-    return step
+    return jax.jit(program, in_shardings=(state_sh, None, rep), out_shardings=(state_sh, rep),
+                   donate_argnums=0)  # fmt: skip
 
 
 def jit_logprobs(logprobs_fn, state_sh, mesh: Mesh):
-    """`train_step.make_compute_logprobs` output recompiled with shardings:
+    """`train_step.make_compute_logprobs(..., jit=False)` compiled with shardings:
     (state, input_ids, attention_mask, completion_len) -> three [N,T] row-sharded arrays."""
     rows = batch_sharding(mesh, 2)
-    fn = getattr(logprobs_fn, "__wrapped__", logprobs_fn)
     return jax.jit(
-        fn, static_argnums=3, in_shardings=(state_sh, rows, rows), out_shardings=(rows,) * 3
+        logprobs_fn, static_argnums=3, in_shardings=(state_sh, rows, rows), out_shardings=rows
     )
 
 
 def jit_rollout(mesh: Mesh, params_sh):
     """A drop-in for `sampling.generate(model, prompt_ids [B,P], prompt_mask [B,P], key,
     config) -> Rollout` that runs `sampling.rollout` jitted with the params at `params_sh`
-    and rows over ("data", "fsdp"). Prompts are row-sharded when B divides by data x fsdp,
-    else replicated (each device prefills all prompts; logged once); the N = B x G output rows
-    are row-sharded when N divides, else replicated. One compilation per (model config,
-    sampling config, B, P)."""
-    k = num_row_shards(mesh)
-    jitted: dict = {}
+    (as the caller placed them) and rows on "batch" (`sampling.ROLLOUT_AXES`). Prompts and the
+    N = B x G output rows are row-sharded when they divide over data x fsdp, else replicated
+    (each device then prefills every prompt; logged once per compilation)."""
 
-    def rows(n, ndim):
-        return batch_sharding(mesh, ndim) if n % k == 0 else replicated(mesh)
+    def program(model, prompt_ids, prompt_mask, key, config: sampling.SamplingConfig):
+        params = jax.lax.with_sharding_constraint(model.params, params_sh)
+        prompt_ids, prompt_mask = (
+            jax.lax.with_sharding_constraint(x, _rows_or_replicated(x, mesh))
+            for x in (prompt_ids, prompt_mask)
+        )
+        model = models.Model(model.config, params)
+        out = sampling.rollout(model, prompt_ids, prompt_mask, key, config)
+        out_sh = shardings(sampling.ROLLOUT_AXES, out, mesh)
+        return jax.tree.map(jax.lax.with_sharding_constraint, out, out_sh)
 
-    def generate(model, prompt_ids, prompt_mask, key, config: sampling.SamplingConfig):
-        b, p = np.shape(prompt_ids)
-        sig = (model.config, config, b, p)
-        if sig not in jitted:
-            n = b * config.group_size
-            if b % k:
-                log.warning("rollout: %d prompts do not split over %d devices; replicated", b, k)
-            r2, r1 = rows(n, 2), rows(n, 1)
-            out_sh = sampling.Rollout(
-                tokens=r2, mask=r2, lengths=r1, truncated=r1, logprobs=r2,
-                prompt_ids=r2, prompt_mask=r2,
-            )  # fmt: skip
-            jitted[sig] = jax.jit(
-                lambda m, i, a, key: sampling.rollout(m, i, a, key, config),
-                in_shardings=(
-                    models.Model(model.config, params_sh), rows(b, 2), rows(b, 2),
-                    replicated(mesh),
-                ),
-                out_shardings=out_sh,
-            )  # fmt: skip
-        return jitted[sig](model, prompt_ids, prompt_mask, key)
-
-    return generate
+    return jax.jit(program, static_argnums=4, in_shardings=(None, None, None, replicated(mesh)))
 
 
 # --------------------------------------------------------------------------- host data
