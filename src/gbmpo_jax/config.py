@@ -78,6 +78,8 @@ class ObjectiveCfg:
     mu: int = 1  # optimizer steps per generation batch
     mask_truncated_completions: bool = True
     micro_batches: int = 1  # gradient accumulation inside one jitted update
+    # tokens per fused lm_head + log-softmax chunk of the log-prob passes (0 = full logits)
+    logprob_chunk: int = 512
     mirror_params_path: str = ""  # .npz of neural-mirror coefficients (e.g. learned by ES)
     mirror_init: str = "reference"  # reference (uniform[0,0.01), seed 42) | random
     # TRL >= 1.x `use_bias_correction_kl`: the per-token divergence times the importance
@@ -363,6 +365,7 @@ def validate(cfg: Config) -> Config:
         "objective.micro_batches",
         f"must divide prompts_per_step * group_size = {n_rows}",
     )
+    _check(o.logprob_chunk >= 0, "objective.logprob_chunk", "must be >= 0 (0 = full logits)")
     _one_of(o.mirror_init, ("reference", "random"), "objective.mirror_init")
     _check(0 < op.lr <= MAX_LR, "optim.lr", f"must be in (0, {MAX_LR:g}]")
     _one_of(op.schedule, ("cosine", "linear", "constant"), "optim.schedule")

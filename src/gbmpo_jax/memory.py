@@ -9,7 +9,8 @@ Counts, in bytes:
               x compute-dtype bytes, rows = prompts_per_step x group_size;
   activations the training forward/backward of one micro-batch: per layer and token about
               (10 x hidden + 3 x intermediate) values kept for the backward pass (1 x hidden
-              with remat), plus the fp32 logits [rows, T, vocab] twice (logits and grad).
+              with remat), plus fp32 logits twice (logits and grad): [rows, T, vocab] with
+              objective.logprob_chunk = 0, else one chunk of logprob_chunk tokens x vocab.
 Sharding divides params/optimizer by the fsdp x tensor axes and rows by the data axes.
 """
 
@@ -65,7 +66,10 @@ def estimate(
     kv = 2 * c.num_layers * rows * seq * c.num_kv_heads * c.head_dim * cbytes / tensor
     micro_rows = rows / cfg.objective.micro_batches
     per_tok = c.hidden_size if cfg.model.remat else 10 * c.hidden_size + 3 * c.intermediate_size
-    acts = micro_rows * seq * (c.num_layers * per_tok * cbytes + 2 * 4 * c.vocab_size / tensor)
+    chunk = cfg.objective.logprob_chunk
+    logit_rows = micro_rows * seq if not chunk else min(micro_rows * seq, chunk)
+    acts = micro_rows * seq * c.num_layers * per_tok * cbytes
+    acts += logit_rows * 2 * 4 * c.vocab_size / tensor
     out = {
         "num_params": n,
         "trainable_params": trainable,

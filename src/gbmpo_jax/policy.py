@@ -23,6 +23,7 @@ import numpy as np
 
 from gbmpo_jax import advantages, char_tokenizer, divergences, lora, models, presets
 from gbmpo_jax.config import Config, ConfigError
+from gbmpo_jax.logprobs import SplitHead
 from gbmpo_jax.losses import LossConfig
 from gbmpo_jax.optim import OptimConfig, make_optimizer
 from gbmpo_jax.sampling import SamplingConfig, default_stop_token_ids
@@ -112,12 +113,18 @@ class Objective(NamedTuple):
     eval_sampling: SamplingConfig
 
 
-def make_apply_fn(model_config):
-    def apply_fn(params, input_ids, attention_mask):
-        pos = models.positions_from_mask(attention_mask)
-        return models.apply(params, model_config, input_ids, pos, attention_mask)[0]
+def make_apply_fn(model_config) -> SplitHead:
+    """The built-in transformer as ``apply_fn(params, ids, mask) -> logits [N,L,V]``, split at
+    its lm_head so the log-prob passes never hold [N,T,V] (`logprobs.SplitHead`)."""
 
-    return apply_fn
+    def hidden_fn(params, input_ids, attention_mask):
+        pos = models.positions_from_mask(attention_mask)
+        return models.hidden(params, model_config, input_ids, pos, attention_mask)[0]
+
+    def head_fn(params, h):
+        return models.lm_head(params, model_config, h)
+
+    return SplitHead(hidden_fn, head_fn)
 
 
 def load_mirror_params(path: str) -> dict:
@@ -191,6 +198,7 @@ def build_objective(cfg: Config, model_config, tokenizer) -> Objective:
         mu=o.mu,
         micro_batches=o.micro_batches,
         lora=lora_cfg,
+        logprob_chunk=o.logprob_chunk,
     )
     op = cfg.optim
     optimizer = make_optimizer(

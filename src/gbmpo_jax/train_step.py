@@ -7,7 +7,10 @@ old_logp / ref_logp [N,T] (computed here from the state when absent: old = polic
 of the update - with ``mu == 1`` taken from the update's own forward, `on_policy` - and
 ref = ``state.frozen``), truncated [N] (bool), num_items_in_batch (dapo; default: the loss
 tokens of this whole update batch, i.e. of the generation batch one optimizer step sees).
-Log-probs: logits at positions P-1 .. P+T-2 divided by the temperature, float32.
+Log-probs: logits at positions P-1 .. P+T-2 divided by the temperature, float32. A
+`logprobs.SplitHead` apply_fn (the built-in transformer's, `policy.make_apply_fn`) gets them
+in chunks of ``logprob_chunk`` tokens fused with the lm_head, never holding the [N,T,V] logits
+(`logprobs.chunked_token_logprobs`; equal to the full-logits path up to fp32 rounding).
 
 One update = ``mu`` optimizer steps on the same batch (stored old log-probs). Each step
 splits the N rows into ``micro_batches`` equal slices, scans over them accumulating the
@@ -42,6 +45,7 @@ import optax
 from gbmpo_jax import lora as lora_lib
 from gbmpo_jax.advantages import advantage_metrics
 from gbmpo_jax.divergences import Divergence
+from gbmpo_jax.logprobs import completion_logprobs, token_logprobs  # noqa: F401 (re-export)
 from gbmpo_jax.losses import LossConfig, loss_fn, loss_mask, token_weights
 from gbmpo_jax.optim import Optimizer
 
@@ -54,12 +58,17 @@ class StepConfig:
     mu: int = 1  # optimizer steps per update (inner iterations on stored old log-probs)
     micro_batches: int = 1
     lora: lora_lib.LoraConfig | None = None
+    # tokens (all rows of a micro-batch together) per lm_head + log-softmax chunk for a
+    # SplitHead model; 0 = the full [N,T,V] logits. Static: it sets the chunk shapes.
+    logprob_chunk: int = 512
 
     def __post_init__(self):
         if self.mu < 1:
             raise ValueError(f"mu={self.mu} must be >= 1")
         if self.micro_batches < 1:
             raise ValueError(f"micro_batches={self.micro_batches} must be >= 1")
+        if self.logprob_chunk < 0:
+            raise ValueError(f"logprob_chunk={self.logprob_chunk} must be >= 0 (0 = unchunked)")
         if self.temperature <= 0:
             raise ValueError(f"temperature={self.temperature} must be > 0")
         if self.group_size < 2:
@@ -133,23 +142,6 @@ def policy_params(trainable, frozen, cfg: StepConfig, dtype=None):
                         out)  # fmt: skip
 
 
-def token_logprobs(logits, targets, temperature: float):
-    """(logp [n,T], entropy [n,T]) float32 of ``targets`` under softmax(logits / temperature)."""
-    z = logits.astype(jnp.float32) / temperature
-    logz = jax.nn.log_softmax(z, axis=-1)
-    logp = jnp.take_along_axis(logz, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    ent = -jnp.sum(jnp.exp(logz) * logz, axis=-1)
-    return logp, jax.lax.stop_gradient(ent)
-
-
-def completion_logprobs(apply_fn, params, input_ids, attention_mask, t: int, temperature):
-    """(logp, entropy) [N,t] of the last t tokens of ``input_ids`` [N,P+t]: the logits at
-    positions P-1 .. P+t-2 predict completion tokens 0 .. t-1."""
-    p = input_ids.shape[1] - t
-    logits = apply_fn(params, input_ids, attention_mask)[:, p - 1 : p - 1 + t]
-    return token_logprobs(logits, input_ids[:, p:], temperature)
-
-
 def _split(x, m: int):
     if x.shape[0] % m:
         raise ValueError(f"batch of {x.shape[0]} rows does not split into micro_batches={m}")
@@ -175,11 +167,12 @@ def make_compute_logprobs(
             lp = ent = None
             if policy:
                 lp, ent = completion_logprobs(
-                    apply_fn, pol, ids, am, completion_len, cfg.temperature
+                    apply_fn, pol, ids, am, completion_len, cfg.temperature, cfg.logprob_chunk
                 )
             rp, _ = completion_logprobs(
-                apply_fn, state.frozen, ids, am, completion_len, cfg.temperature
-            )
+                apply_fn, state.frozen, ids, am, completion_len, cfg.temperature,
+                cfg.logprob_chunk,
+            )  # fmt: skip
             return carry, (lp, rp, ent)
 
         m = cfg.micro_batches
@@ -215,8 +208,9 @@ def make_update(
         def objective(tr):
             pol = policy_params(tr, state.frozen, cfg)
             logp, ent = completion_logprobs(
-                apply_fn, pol, mb["input_ids"], mb["attention_mask"], t, cfg.temperature
-            )
+                apply_fn, pol, mb["input_ids"], mb["attention_mask"], t, cfg.temperature,
+                cfg.logprob_chunk,
+            )  # fmt: skip
             old = jax.lax.stop_gradient(logp) if mb["old_logp"] is None else mb["old_logp"]
             loss, sums = loss_fn(
                 logp, old, mb["ref_logp"], mb["advantages"], mb["mask"],

@@ -2,8 +2,8 @@
 
 Public API (contract in docs/DESIGN.md, "Model layer"):
   ModelConfig, SUPPORTED_MODEL_TYPES, Model, init_model, load_config, load_pretrained,
-  save_pretrained, forward, apply, init_cache, positions_from_mask, logical_axes, load_tokenizer,
-  smollm2_gguf_path. The GGUF -> HF converter is `gbmpo_jax.models.convert.convert`
+  save_pretrained, forward, apply (= lm_head o hidden), hidden, lm_head, init_cache,
+  positions_from_mask, logical_axes, load_tokenizer, smollm2_gguf_path. The GGUF -> HF converter is `gbmpo_jax.models.convert.convert`
   (CLI: ``python -m gbmpo_jax.models.convert --gguf PATH --out DIR``).
 """
 
@@ -20,8 +20,10 @@ from gbmpo_jax.models.model import (
 from gbmpo_jax.models.tokenizer import load_tokenizer
 from gbmpo_jax.models.transformer import (
     apply,
+    hidden,
     init_cache,
     init_params,
+    lm_head,
     logical_axes,
     positions_from_mask,
 )
@@ -32,11 +34,13 @@ __all__ = [
     "ModelConfig",
     "apply",
     "forward",
+    "hidden",
     "init_cache",
     "init_model",
     "init_params",
     "load_config",
     "load_pretrained",
+    "lm_head",
     "load_tokenizer",
     "logical_axes",
     "positions_from_mask",

@@ -20,6 +20,12 @@ arrays of the user's module. Logits are returned as float32 (log-probs are alway
 ``lambda m, ids, mask: m(ids, attention_mask=mask).logits``; the default calls
 ``module(input_ids, attention_mask)``.
 
+At real vocabularies the full logits are the largest activation (Qwen3: 151,669 fp32 per
+token). A model that can return its final hidden states can skip them: wrap it as
+``logprobs.SplitHead(hidden_fn, head_fn)`` (``hidden_fn(params, ids, mask) -> [N,L,E]``,
+``head_fn(params, hidden) -> logits`` float32) and the log-prob passes compute the head and the
+log-softmax in chunks; the ``apply_fn`` returned here keeps the full-logits path.
+
 Scope: the update and the log-prob passes. Rollouts use the built-in transformer's KV-cache
 sampler (`sampling.py`), which needs the cache layout of `models.transformer`; a flax model
 samples with its own generate and hands the tokens to the update.

@@ -294,7 +294,33 @@ def apply(
     cache=None,
     cache_index=None,
 ):
-    """Logits for `input_ids`; see DESIGN.md "Model layer".
+    """Logits for `input_ids`; see DESIGN.md "Model layer". Equals
+    ``lm_head(params, config, hidden(...)[0])``; arguments and cache as in `hidden`.
+    Returns (logits [B,T,V] float32, updated cache or None)."""
+    h, new_cache = hidden(params, config, input_ids, positions, attention_mask, cache, cache_index)
+    return lm_head(params, config, h), new_cache
+
+
+def lm_head(params, config: ModelConfig, h):
+    """Logits [...,V] float32 of final hidden states ``h`` [...,E] (the tied embedding or
+    ``lm_head``, in ``compute_dtype`` with float32 accumulation)."""
+    c = config
+    w = params["embed"] if c.tie_word_embeddings else params["lm_head"]
+    spec = "...e,ve->...v" if c.tie_word_embeddings else "...e,ev->...v"
+    out = jnp.einsum(spec, h.astype(c.dtype), w.astype(c.dtype), preferred_element_type=jnp.float32)
+    return out
+
+
+def hidden(
+    params,
+    config: ModelConfig,
+    input_ids,
+    positions,
+    attention_mask=None,
+    cache=None,
+    cache_index=None,
+):
+    """Final hidden states (after the final norm) for `input_ids`: the trunk of `apply`.
 
     Args:
       params: params pytree (see module docstring), fp32 or bf16.
@@ -306,7 +332,7 @@ def apply(
         cache_index .. cache_index+T-1 and a query at slot s attends to valid slots <= s.
       cache_index: int32 scalar slot of the first new token (with cache).
     Returns:
-      (logits [B,T,V] float32, updated cache or None).
+      (hidden [B,T,E] in ``compute_dtype``, updated cache or None).
     """
     c = config
     B, T = input_ids.shape
@@ -368,13 +394,5 @@ def apply(
         layers = jnp.arange(c.num_layers, dtype=jnp.int32)
         (x, kv), _ = lax.scan(body, (x, kv0), (params["layers"], layers))
     h = _rms_norm(x, params["final_norm"], c.rms_norm_eps).astype(c.dtype)
-    if c.tie_word_embeddings:
-        logits = jnp.einsum(
-            "bte,ve->btv", h, params["embed"].astype(c.dtype), preferred_element_type=jnp.float32
-        )
-    else:
-        logits = jnp.einsum(
-            "bte,ev->btv", h, params["lm_head"].astype(c.dtype), preferred_element_type=jnp.float32
-        )
     new_cache = None if kv is None else {"k": kv[0], "v": kv[1]}
-    return logits, new_cache
+    return h, new_cache

@@ -1,0 +1,156 @@
+"""Chunked, lm_head-fused log-probs at a real (Qwen3-sized) vocabulary vs the full logits:
+values, entropies and gradients to fp32 rounding; the update and reference pass through them;
+the compiled update's temp memory no longer holds [N,T,V]."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gbmpo_jax import divergences as dv
+from gbmpo_jax import logprobs as lpm
+from gbmpo_jax import models, policy, presets
+from gbmpo_jax import train_step as ts
+from gbmpo_jax.losses import LossConfig
+from gbmpo_jax.optim import Optimizer
+
+QWEN3_VOCAB = 151_669
+P, T, N = 3, 7, 4  # prompt, completion, rows
+
+SHAPES = {  # real vocabulary, tiny trunk: tied (Qwen3-style) and untied (Qwen2-style) heads
+    "tied": ("qwen3-tiny", dict(hidden_size=16, num_layers=1)),
+    "untied": ("tiny", dict(hidden_size=16, num_layers=1)),
+}
+
+
+def _model(kind, vocab=QWEN3_VOCAB, seed=0):
+    name, over = SHAPES[kind]
+    mc = presets.model_config(name, vocab, **over)
+    return mc, models.init_params(mc, jax.random.PRNGKey(seed))
+
+
+def _batch(key, vocab=QWEN3_VOCAB, n=N):
+    k1, k2, k3 = jax.random.split(key, 3)
+    ids = jax.random.randint(k1, (n, P + T), 0, vocab)
+    am = jnp.ones((n, P + T), jnp.int32).at[0, 0].set(0)  # one left-padded prompt
+    cm = (jnp.arange(T)[None] < jax.random.randint(k2, (n,), 1, T + 1)[:, None]).astype(jnp.int32)
+    am = am.at[:, P:].set(cm)
+    adv = jax.random.normal(k3, (n,))
+    return {"input_ids": ids, "attention_mask": am, "completion_mask": cm, "advantages": adv}
+
+
+def test_split_head_is_a_plain_apply_fn():
+    mc, params = _model("tied", vocab=97)
+    apply_fn = policy.make_apply_fn(mc)
+    assert isinstance(apply_fn, lpm.SplitHead)
+    b = _batch(jax.random.PRNGKey(1), vocab=97)
+    ids, am = b["input_ids"], b["attention_mask"]
+    want = models.apply(params, mc, ids, models.positions_from_mask(am), am)[0]
+    np.testing.assert_array_equal(apply_fn(params, ids, am), want)
+
+
+# chunk tokens: < rows (1 position per chunk), not dividing T (padded), = 3 positions, >= N*T
+@pytest.mark.parametrize(
+    "kind,chunk", [("tied", 1), ("tied", 6), ("untied", 12), ("untied", 10_000)]
+)
+def test_chunked_equals_full_logits_values_entropy_and_gradient(kind, chunk):
+    mc, params = _model(kind)
+    apply_fn = policy.make_apply_fn(mc)
+    b = _batch(jax.random.PRNGKey(2))
+    ids, am = b["input_ids"], b["attention_mask"]
+    w = jax.random.normal(jax.random.PRNGKey(3), (N, T))
+    temp = 0.7
+
+    def f(p, chunk_tokens):
+        lp, ent = lpm.completion_logprobs(apply_fn, p, ids, am, T, temp, chunk_tokens)
+        return jnp.sum(w * lp), (lp, ent)
+
+    grad = jax.jit(jax.value_and_grad(f, has_aux=True), static_argnums=1)
+    (s0, (lp0, ent0)), g0 = grad(params, 0)
+    (s1, (lp1, ent1)), g1 = grad(params, chunk)
+    assert lp0.shape == ent0.shape == (N, T)
+    # logp, H ~ log(151669) ~ 12. Both are fp32 sums over 151,669 terms whose reduction
+    # order XLA picks per shape: that alone moves them by a few ulps of 12 (~1e-6 each)
+    np.testing.assert_allclose(lp1, lp0, rtol=1e-5, atol=0)
+    np.testing.assert_allclose(ent1, ent0, rtol=1e-5, atol=0)
+    np.testing.assert_allclose(s1, s0, rtol=1e-5)
+    scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(g0))
+    for a, b_ in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
+        np.testing.assert_allclose(a, b_, rtol=1e-4, atol=1e-5 * scale)
+    head = params["embed"] if kind == "tied" else params["lm_head"]
+    g_head = g1["embed"] if kind == "tied" else g1["lm_head"]
+    assert g_head.shape == head.shape and float(jnp.max(jnp.abs(g_head))) > 0
+
+
+def test_chunked_matches_reference_numpy_logsoftmax():
+    """Value check independent of `token_logprobs`: float64 numpy log-softmax of the head."""
+    mc, params = _model("untied", vocab=1001)
+    apply_fn = policy.make_apply_fn(mc)
+    b = _batch(jax.random.PRNGKey(4), vocab=1001)
+    ids, am = b["input_ids"], b["attention_mask"]
+    lp, ent = lpm.completion_logprobs(apply_fn, params, ids, am, T, 1.3, chunk_tokens=5)
+    z = np.asarray(apply_fn(params, ids, am), np.float64)[:, P - 1 : P - 1 + T] / 1.3
+    logz = z - np.log(np.sum(np.exp(z - z.max(-1, keepdims=True)), -1, keepdims=True))
+    logz -= z.max(-1, keepdims=True)
+    want = np.take_along_axis(logz, np.asarray(ids[:, P:])[..., None], -1)[..., 0]
+    np.testing.assert_allclose(lp, want, rtol=1e-5)
+    np.testing.assert_allclose(ent, -np.sum(np.exp(logz) * logz, -1), rtol=1e-5)
+
+
+def _objective(kind, chunk, t=T, **cfg_over):
+    mc, params = _model(kind)
+    cfg = ts.StepConfig(loss=LossConfig(max_completion_length=t), logprob_chunk=chunk, **cfg_over)
+    div = dv.get("kl")
+    opt = Optimizer(optax.sgd(0.1), lambda step: jnp.float32(0.1))
+    state = ts.init_state(params, opt, div.init_params(None), 0.5, cfg, divergence=div)
+    return policy.make_apply_fn(mc), cfg, div, opt, state
+
+
+@pytest.mark.parametrize("mu,micro", [(1, 1), pytest.param(2, 2, marks=pytest.mark.slow)])
+def test_update_and_reference_pass_use_it_and_match_full_logits(mu, micro):
+    """The training path (make_compute_logprobs + make_update, as train.py builds them) gives
+    the same log-probs, metrics and new params with chunking (default) as with full logits."""
+    assert ts.StepConfig().logprob_chunk > 0  # chunked is the default
+    b = _batch(jax.random.PRNGKey(5))
+    out = {}
+    for chunk in (0, 6):
+        apply_fn, cfg, div, opt, state = _objective("tied", chunk, mu=mu, micro_batches=micro)
+        lp, rp, ent = ts.make_compute_logprobs(apply_fn, cfg)(
+            state, b["input_ids"], b["attention_mask"], T
+        )
+        update = ts.make_update(apply_fn, div, opt, cfg)
+        state, m = update(state, dict(b), jax.random.PRNGKey(0))
+        state, m = update(state, dict(b), jax.random.PRNGKey(1))  # the policy has moved
+        out[chunk] = (lp, rp, ent, state.params, m)
+    (lp0, rp0, e0, p0, m0), (lp1, rp1, e1, p1, m1) = out[0], out[6]
+    for a, c in ((lp1, lp0), (rp1, rp0), (e1, e0)):
+        np.testing.assert_allclose(a, c, rtol=1e-5)
+    for k in ("train/loss", "div/mean", "train/grad_norm", "train/entropy", "ratio/mean"):
+        np.testing.assert_allclose(m1[k], m0[k], rtol=1e-4, atol=1e-7, err_msg=k)
+    assert float(m0["div/mean"]) > 0  # the second update is off the reference
+    jax.tree.map(lambda a, c: np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-6), p1, p0)
+
+
+def _update_temp_bytes(chunk, n=8, t=32):
+    apply_fn, cfg, div, opt, state = _objective("tied", chunk, t)
+    ids = jax.ShapeDtypeStruct((n, P + t), jnp.int32)
+    batch = {
+        "input_ids": ids,
+        "attention_mask": ids,
+        "completion_mask": jax.ShapeDtypeStruct((n, t), jnp.int32),
+        "advantages": jax.ShapeDtypeStruct((n,), jnp.float32),
+    }
+    update = ts.make_update(apply_fn, div, opt, cfg)
+    compiled = update.lower(state, batch, jax.random.PRNGKey(0)).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_compiled_update_does_not_hold_the_full_logits():
+    n, t = 8, 32
+    logits = n * t * QWEN3_VOCAB * 4  # one fp32 [N,T,V]: 39 MB
+    full, chunked = _update_temp_bytes(0, n, t), _update_temp_bytes(32, n, t)
+    # the naive update holds several [N,T,V] (logits, softmax, their cotangents); 32-token
+    # chunks hold that for 1/8 of the tokens, plus the [V,E] head / embedding gradients
+    assert full >= 2 * logits, (full, logits)
+    assert chunked < full / 4, (chunked, full)
