@@ -122,7 +122,8 @@ def make_programs(cfg, model, tokenizer, obj, td: episodes.TrainData, mesh: Mesh
 
     def make_roll(sc):
         def one(trainable, frozen, ids, mask, key):
-            pol = policy_params(trainable, frozen, scfg)
+            # the sampler reads the policy in the model's dtype (float32 master weights)
+            pol = policy_params(trainable, frozen, scfg, dtype=cfg.model.dtype)
             return sampling.rollout(models.Model(mc, pol), ids, mask, key, sc)
 
         return jax.jit(jax.vmap(one, in_axes=(0, None, None, None, None)))
