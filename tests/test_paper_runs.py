@@ -346,10 +346,10 @@ def test_bias_corrected_kl_matches_trl_value_and_gradient():
 def test_bias_correction_reaches_the_training_update():
     """The option travels config -> build_objective -> the jitted update: with the policy
     away from the reference and mu = 2 (ratio != 1 at the second inner step), the loss differs
-    from the uncorrected run by the importance weight on the KL term, and equals it when off."""
+    from the uncorrected run by the importance weight on the KL term."""
     out = {}
-    for on in (False, True, False):
-        cfg = C.override(experiment.load("default:smoke"), **{
+    for on in (False, True):
+        cfg = C.override(experiment.load("mbpp_drgrpo:smoke"), **{
             "objective.use_bias_correction_kl": on, "objective.mu": 2,
             "objective.divergence": "kl", "objective.coef": 0.5, "optim.lr": 1e-2,
             "optim.warmup_ratio": 0.0, "optim.schedule": "constant",
@@ -363,9 +363,8 @@ def test_bias_correction_reaches_the_training_update():
         state = dataclasses.replace(state, params=jax.tree.map(jnp.add, state.params, noise))
         batch = _synthetic_batch(model.config.vocab_size, 4, seed=5)
         _, m = upd(state, batch, jax.random.key(0))
-        out.setdefault(on, []).append(float(m["train/loss"]))
-    assert out[False][0] == pytest.approx(out[False][1], rel=1e-6)
-    assert abs(out[True][0] - out[False][0]) > 1e-4 * abs(out[False][0])
+        out[on] = float(m["train/loss"])
+    assert np.isfinite(out[True]) and abs(out[True] - out[False]) > 1e-4 * abs(out[False])
 
 
 # ------------------------------------------------------------------ 5. coefficients, sourced
