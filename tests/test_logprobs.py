@@ -50,9 +50,11 @@ def test_split_head_is_a_plain_apply_fn():
     np.testing.assert_array_equal(apply_fn(params, ids, am), want)
 
 
-# chunk tokens: < rows (1 position per chunk), not dividing T (padded), = 3 positions, >= N*T
+# chunk tokens (N = 4 rows): 12 = 3 positions, not dividing T = 7 (padded); 1 < rows (one
+# position per chunk); 10,000 >= N*T (a single chunk)
 @pytest.mark.parametrize(
-    "kind,chunk", [("tied", 1), ("tied", 6), ("untied", 12), ("untied", 10_000)]
+    "kind,chunk",
+    [("tied", 12), ("untied", 1), pytest.param("untied", 10_000, marks=pytest.mark.slow)],
 )
 def test_chunked_equals_full_logits_values_entropy_and_gradient(kind, chunk):
     mc, params = _model(kind)
@@ -89,7 +91,7 @@ def test_chunked_matches_reference_numpy_logsoftmax():
     apply_fn = policy.make_apply_fn(mc)
     b = _batch(jax.random.PRNGKey(4), vocab=1001)
     ids, am = b["input_ids"], b["attention_mask"]
-    lp, ent = lpm.completion_logprobs(apply_fn, params, ids, am, T, 1.3, chunk_tokens=5)
+    lp, ent = lpm.completion_logprobs(apply_fn, params, ids, am, T, 1.3, chunk_tokens=8)
     z = np.asarray(apply_fn(params, ids, am), np.float64)[:, P - 1 : P - 1 + T] / 1.3
     logz = z - np.log(np.sum(np.exp(z - z.max(-1, keepdims=True)), -1, keepdims=True))
     logz -= z.max(-1, keepdims=True)
@@ -98,8 +100,8 @@ def test_chunked_matches_reference_numpy_logsoftmax():
     np.testing.assert_allclose(ent, -np.sum(np.exp(logz) * logz, -1), rtol=1e-5)
 
 
-def _objective(kind, chunk, t=T, **cfg_over):
-    mc, params = _model(kind)
+def _objective(kind, chunk, t=T, vocab=QWEN3_VOCAB, **cfg_over):
+    mc, params = _model(kind, vocab)
     cfg = ts.StepConfig(loss=LossConfig(max_completion_length=t), logprob_chunk=chunk, **cfg_over)
     div = dv.get("kl")
     opt = Optimizer(optax.sgd(0.1), lambda step: jnp.float32(0.1))
@@ -114,7 +116,7 @@ def test_update_and_reference_pass_use_it_and_match_full_logits(mu, micro):
     assert ts.StepConfig().logprob_chunk > 0  # chunked is the default
     b = _batch(jax.random.PRNGKey(5))
     out = {}
-    for chunk in (0, 6):
+    for chunk in (0, 12):  # 3 positions of 4 rows (6 of 2 with 2 micro-batches), padded
         apply_fn, cfg, div, opt, state = _objective("tied", chunk, mu=mu, micro_batches=micro)
         lp, rp, ent = ts.make_compute_logprobs(apply_fn, cfg)(
             state, b["input_ids"], b["attention_mask"], T
@@ -123,7 +125,7 @@ def test_update_and_reference_pass_use_it_and_match_full_logits(mu, micro):
         state, m = update(state, dict(b), jax.random.PRNGKey(0))
         state, m = update(state, dict(b), jax.random.PRNGKey(1))  # the policy has moved
         out[chunk] = (lp, rp, ent, state.params, m)
-    (lp0, rp0, e0, p0, m0), (lp1, rp1, e1, p1, m1) = out[0], out[6]
+    (lp0, rp0, e0, p0, m0), (lp1, rp1, e1, p1, m1) = out[0], out[12]
     for a, c in ((lp1, lp0), (rp1, rp0), (e1, e0)):
         np.testing.assert_allclose(a, c, rtol=1e-5)
     for k in ("train/loss", "div/mean", "train/grad_norm", "train/entropy", "ratio/mean"):
@@ -154,3 +156,38 @@ def test_compiled_update_does_not_hold_the_full_logits():
     # chunks hold that for 1/8 of the tokens, plus the [V,E] head / embedding gradients
     assert full >= 2 * logits, (full, logits)
     assert chunked < full / 4, (chunked, full)
+
+
+def test_sharded_chunked_update_and_reference_equal_one_device_full_logits():
+    """On a (data 2, fsdp 2, tensor 2) mesh (vocab over `tensor`, rows over data x fsdp) the
+    chunked passes equal the one-device full-logits passes. Vocabulary 151,936: the Qwen3
+    checkpoints' embedding rows (151,669 is odd, so it would stay replicated)."""
+    from gbmpo_jax import mesh
+    from gbmpo_jax.config import MeshCfg
+
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 (simulated) devices")
+    m = mesh.setup(MeshCfg(data=2, fsdp=2, tensor=2))
+    b = _batch(jax.random.PRNGKey(6), n=8)
+    ids, am = b["input_ids"], b["attention_mask"]
+    want, got = {}, {}
+    for chunk in (0, 12):  # 3 positions of the 4 rows of a micro-batch
+        apply_fn, cfg, div, opt, state = _objective("untied", chunk, vocab=151_936, micro_batches=2)
+        mc = presets.model_config(SHAPES["untied"][0], 151_936, **SHAPES["untied"][1])
+        lp_fn = ts.make_compute_logprobs(apply_fn, cfg, jit=False)
+        update = ts.make_update(apply_fn, div, opt, cfg, jit=False)
+        if chunk == 0:  # one device, full logits
+            want["lp"] = jax.jit(lp_fn, static_argnums=3)(state, ids, am, T)
+            s, want["m"] = jax.jit(update)(state, dict(b), jax.random.PRNGKey(0))
+            want["params"] = s.params
+        else:
+            st, sh = mesh.shard_state(jax.device_get(state), mc, m)
+            got["lp"] = mesh.jit_logprobs(lp_fn, sh, m)(st, ids, am, T)
+            s, got["m"] = mesh.jit_update(update, sh, m)(st, dict(b), jax.random.PRNGKey(0))
+            got["params"] = jax.device_get(s.params)
+    for a, c in zip(got["lp"], want["lp"], strict=True):
+        np.testing.assert_allclose(a, c, rtol=1e-5)
+    for k in ("train/loss", "train/grad_norm", "train/entropy"):
+        np.testing.assert_allclose(got["m"][k], want["m"][k], rtol=1e-4, err_msg=k)
+    jax.tree.map(lambda a, c: np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-6),
+                 got["params"], want["params"])  # fmt: skip
