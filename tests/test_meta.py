@@ -201,3 +201,15 @@ def test_smoke_demo_cli(tmp_path):
     done = json.loads((tmp_path / meta.DONE_MARKER).read_text())
     assert done["generations"] == 2
     policy.load_mirror_params(str(tmp_path / "mirror_mean.npz"))
+
+
+def test_cli_bad_input_is_one_sentence(tmp_path, capsys):
+    """The ES CLI reports a bad model file as one line naming the key (exit 2), like train."""
+    empty = tmp_path / "empty.gguf"
+    empty.touch()
+    argv = [f"model.path={empty}", "--exp", "arith_es_meta:smoke",
+            "--workdir", str(tmp_path / "wd"), "meta.generations=1"]  # fmt: skip
+    assert meta.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "model.path=" in err and "empty" in err and "Traceback" not in err
+    assert err.strip().count("\n") == 0

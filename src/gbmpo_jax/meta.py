@@ -52,13 +52,12 @@ import numpy as np
 
 from gbmpo_jax import (
     checkpoint,
-    episodes,
+    errors,
     es,
     es_report,
     experiment,
     lock,
     metrics,
-    policy,
     population,
 )
 from gbmpo_jax import config as config_lib
@@ -166,9 +165,9 @@ def run(cfg: config_lib.Config, mcfg: MetaCfg, workdir, *, log=print) -> dict:
 def _run(cfg: config_lib.Config, mcfg: MetaCfg, workdir, *, log=print) -> dict:
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = policy.load_model_and_tokenizer(cfg)
-    obj = policy.build_objective(cfg, model.config, tokenizer)
-    td = episodes.TrainData.from_config(cfg, tokenizer)
+    from gbmpo_jax.train import setup
+
+    model, tokenizer, obj, td = setup(cfg)
     if cfg.warmup.steps:
         model = _warm_base(cfg, model, obj, td, tokenizer, log)
     strategy = es.get(mcfg.strategy, mcfg.pop_size, sigma=mcfg.sigma, lr=mcfg.lr,
@@ -354,16 +353,16 @@ def main(argv=None) -> int:
                         "default), best = the best single member (selection-biased)")  # fmt: skip
         ap.add_argument("--mirror", default=None,
                         help=".npz to use instead (default WORKDIR/mirror_<carry>.npz)")  # fmt: skip
-    ap.add_argument("overrides", nargs="*", help="key=value; meta.* for MetaCfg fields")
-    args = ap.parse_args(argv)
+    ap.add_argument("--debug", action="store_true", help="print tracebacks of input errors")
+    ap.add_argument("overrides", nargs="*", help="key=value (anywhere); meta.* for MetaCfg")
+    args = ap.parse_intermixed_args(argv)
     try:
         cfg, mcfg = load(args.exp)
         run_ov, meta_ov = split_overrides(args.overrides)
         cfg = validate_inner(config_lib.override(cfg, **run_ov))
         mcfg = validate_meta(config_lib.override(mcfg, **meta_ov))
     except (config_lib.ConfigError, ValueError) as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+        return errors.report(e, debug=args.debug)
     from gbmpo_jax.train import default_workdir
 
     workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(cfg.name)
@@ -378,9 +377,11 @@ def main(argv=None) -> int:
             print(es_report.table(rows))
             return 0
         summary = run(cfg, mcfg, workdir)
-    except (config_lib.ConfigError, checkpoint.CheckpointMismatchError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except errors.user_errors() as e:
+        # a locked workdir belongs to the other run: leave its directory alone
+        locked = isinstance(e, lock.WorkdirLockedError)
+        log_file = None if locked or not workdir.is_dir() else workdir / "error.log"
+        return errors.report(e, debug=args.debug, log_file=log_file)
     print(json.dumps({"workdir": str(workdir), **summary}, default=str))
     return 0
 

@@ -89,7 +89,9 @@ def default_workdir(name: str, root="runs") -> pathlib.Path:
     return root / f"{datetime.datetime.now():%Y%m%d-%H%M%S}_{safe}"
 
 
-def _setup(cfg, workdir: pathlib.Path):
+def setup(cfg):
+    """(model, tokenizer, objective, train data) of a run config, the one set-up path of
+    training and the ES runner; a bad model or data input is an InputError naming its key."""
     m, t = cfg.model, cfg.task
     what = f"model.path={m.path!r}" + (f" / model.tokenizer={m.tokenizer!r}" if m.tokenizer else "")
     with errors.phase(what, "check or replace that file / directory"):
@@ -151,7 +153,7 @@ def run(cfg: config_lib.Config, workdir, *, log=print) -> dict:
 
 def _run(cfg: config_lib.Config, workdir: pathlib.Path, log, preempted: _Preempted) -> dict:
     is_main = jax.process_index() == 0
-    model, tokenizer, obj, task = _setup(cfg, workdir)
+    model, tokenizer, obj, task = setup(cfg)
     if not cfg.task.eval_size:
         log("task.eval_size=0: this run has no held-out evaluation (no eval/* metrics)")
     mc = model.config
