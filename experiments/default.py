@@ -15,10 +15,10 @@ Task:     "a op b =" with a two-digit a, a one-digit b and op in {+, -} (1,800 d
           problems), split by a hash of the text, so the 160 held-out validation problems
           scored (greedy) at RL step 0 and every 25 steps never appear in training. Prompt style
           "terse" (26 tokens with the chat template -> the 32-token bucket), answer "#### N".
-Measured: `make train ARGS="run.seed=S"` on this 2-core CPU (idle), greedy held-out accuracy
-          at RL step 0 -> step 250: seed 0 58.8% -> 84.4% (+25.6 points, 8m04s wall),
-          seed 1 58.1% -> 90.0% (+31.9, 7m50s), seed 2 60.6% -> 93.1% (+32.5, 7m58s);
-          peak RSS 1.5 GB. Curves in runs/<date>-<time>_default/curves.png (seed 0 in
+Measured: `make train ARGS="run.seed=S"` on a 2-core CPU (idle, commit 2298f6d), greedy
+          held-out accuracy at RL step 0 -> step 250: seed 0 61.3% -> 89.4% (+28.1 points,
+          6m28s wall), seed 1 58.8% -> 92.5% (+33.8, 6m56s), seed 2 61.3% -> 96.3% (+35.0,
+          7m00s); peak RSS 1.4 GB. Curves in runs/<date>-<time>_default/curves.png (seed 0 in
           docs/demo_curves.png). Tuning record: without warm-up weight decay seed 2 stayed on
           the plateau (5.6%); RL lr 2e-4 or G=16 x 8 prompts learned less (79% / 82% vs 91%
           at step 100 from the same start); a constant RL lr ended +22.5 to +25 (noisy end).
