@@ -20,6 +20,9 @@ Splits (paper, arXiv 2602.04380, sections 3-4; PAPER.md):
   * HumanEval: ``test`` only (164).
   * arithmetic: generated in code; a problem's split is fixed by a hash of its text, so
     train / validation / test never share a question, for any size or seed.
+
+Length: one loader per task plus the registry and split rules (~420 lines); it splits into a
+``tasks/`` package with the sub-package layout (issue: one config tree, one step program).
 """
 
 from __future__ import annotations

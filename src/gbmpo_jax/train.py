@@ -20,6 +20,9 @@ One process writes a workdir (`lock.RunLock`). Bad inputs (data, model, checkpoi
 map, workdir, config) end the CLI with one line naming the file or key, exit code 2, the
 traceback in `error.log` (or on stderr with --debug); a fresh workdir that fails before its
 first checkpoint is removed again.
+
+Length (~410 lines): the run loop, its set-up and the CLI; the loop body moves into the
+shared step program when training and ES populations share it.
 """
 
 from __future__ import annotations
