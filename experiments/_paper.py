@@ -32,6 +32,14 @@ NO_THINKING = (("enable_thinking", "false"),)
 # (src/gbmpo_jax/bundled_data): only the sanitized MBPP ships, so `mbpp` becomes `mbpp_sanitized`.
 BUNDLED_TASK = {"gsm8k": "gsm8k", "mbpp": "mbpp_sanitized", "mbpp_sanitized": "mbpp_sanitized"}
 
+
+def _bundled(cfg: Config) -> dict:
+    """Overrides that point a CPU variant at the dataset copy shipped with the package."""
+    if cfg.task.name not in BUNDLED_TASK:
+        return {}
+    return {"task.name": BUNDLED_TASK[cfg.task.name], "task.source": "bundled"}
+
+
 # Divergence coefficients (lambda) and where each comes from (PAPER.md section 2). The paper
 # does not publish them; `objective.coef=...` changes one.
 COEF = {"kl": 0.04, "prob_l2": 0.1, "neural_mirror": 1e-4}
@@ -129,9 +137,7 @@ def mbpp(divergence: str) -> Config:
 def smoke(cfg: Config) -> Config:
     """The CPU smoke variant of `cfg`: tiny random model, char tokenizer, 2 steps, and the
     dataset copy that ships with the package (no network)."""
-    local = {}
-    if cfg.task.name in BUNDLED_TASK:
-        local = {"task.name": BUNDLED_TASK[cfg.task.name], "task.source": "bundled"}
+    local = _bundled(cfg)
     return override(
         cfg,
         **local,
@@ -167,9 +173,7 @@ def rehearsal(cfg: Config) -> Config:
     random `qwen3-tiny` with the real tokenizer's vocabulary), the batch (2 rows per prompt,
     still split into the real number of micro-batches), the completion budget (16 tokens),
     the steps (2) and the evaluation sizes (2 problems) shrink."""
-    local = {}
-    if cfg.task.name in BUNDLED_TASK:
-        local = {"task.name": BUNDLED_TASK[cfg.task.name], "task.source": "bundled"}
+    local = _bundled(cfg)
     group = 2
     rows = cfg.rollout.prompts_per_step * group
     micro = cfg.objective.micro_batches
