@@ -31,9 +31,8 @@ import numpy as np
 
 from bench import common
 from gbmpo_jax import divergences, models, presets, sampling
-from gbmpo_jax.losses import LossConfig
 from gbmpo_jax.optim import OptimConfig, make_optimizer
-from gbmpo_jax.train_step import StepConfig, init_state, make_update
+from gbmpo_jax.train_step import init_state, make_update, step_config
 
 PROMPTS, PROMPT_LEN, QWEN_VOCAB, EOS, PAD = 4, 64, 151_936, 1, 0
 
@@ -96,14 +95,12 @@ def rollout_case(cfg, group: int, new_tokens: int, reps: int, bw: float) -> dict
 def train_case(cfg, group: int, new_tokens: int, reps: int, peak: float, micro_rows: int) -> dict:
     rows, seq = PROMPTS * group, PROMPT_LEN + new_tokens
     micro = max(1, rows // micro_rows)
-    step_cfg = StepConfig(
-        loss=LossConfig(loss_type="dr_grpo", max_completion_length=new_tokens,
-                        mask_truncated_completions=False),
-        group_size=group, micro_batches=micro,
-    )  # fmt: skip
+    step_cfg = step_config(loss_type="dr_grpo", max_completion_length=new_tokens,
+                           mask_truncated_completions=False, group_size=group,
+                           micro_batches=micro)  # fmt: skip
     div = divergences.get("kl")
-    opt = make_optimizer(OptimConfig(learning_rate=1e-6, schedule="constant", total_steps=100,
-                                     warmup_ratio=0.0))  # fmt: skip
+    opt = make_optimizer(OptimConfig(lr=1e-6, schedule="constant", warmup_ratio=0.0),
+                         total_steps=100)
     params = models.init_model(cfg, jax.random.key(0), dtype="float32").params
     state = init_state(params, opt, div.init_params(jax.random.key(2)), 0.04, step_cfg)
     del params

@@ -36,8 +36,8 @@ import numpy as np
 
 from bench import common
 from gbmpo_jax import config as C
-from gbmpo_jax import episodes, experiment, metrics, models, policy, train
-from gbmpo_jax.train_step import init_state, make_compute_logprobs, make_update, on_policy
+from gbmpo_jax import episodes, experiment, metrics, policy, program, train
+from gbmpo_jax import mesh as mesh_lib
 
 PAPER = [f"{t}_{d}" for t in ("gsm8k", "mbpp") for d in ("drgrpo", "probl2", "neural_mirror")]
 
@@ -78,17 +78,13 @@ def real_shape_run(exp: str, shape: str, steps: int, tiny: bool, peak_flops: flo
     obj = policy.build_objective(cfg, model.config, tok)
     td = episodes.TrainData.from_config(cfg, tok)
     mc = model.config
-    state = init_state(model.params, obj.optimizer, obj.div_params, cfg.objective.coef,
-                       obj.step_cfg, key=jax.random.key(1))  # fmt: skip
+    mesh = mesh_lib.setup(cfg.mesh, jax.devices()[:1])
+    state, state_sh = mesh_lib.shard_state(program.init_state(cfg, model.params, obj), mc, mesh,
+                                           lora_cfg=obj.step_cfg.lora)  # fmt: skip
     del model
     before = jax.device_get(state.params)
-    logprobs = make_compute_logprobs(obj.apply_fn, obj.step_cfg,
-                                     policy=not on_policy(obj.step_cfg))  # fmt: skip
-    update = make_update(obj.apply_fn, obj.divergence, obj.optimizer, obj.step_cfg)
-    from gbmpo_jax.train_step import policy_params
-
-    merged = jax.jit(lambda st: policy_params(st.params, st.frozen, obj.step_cfg,
-                                              dtype=cfg.model.dtype))  # fmt: skip
+    # the training loop's own step program (program.py), driven with synthetic rewards
+    prog = program.make_program(mc, obj, dtype=cfg.model.dtype, mesh=mesh, state_sh=state_sh)
     rng = np.random.default_rng(0)
     g = cfg.rollout.group_size
     out = {"experiment": exp, "shape": shape, "params_m": round(
@@ -97,33 +93,34 @@ def real_shape_run(exp: str, shape: str, steps: int, tiny: bool, peak_flops: flo
         "setup_s": round(time.perf_counter() - t0, 1), "steps": []}  # fmt: skip
     losses = []
     prompts = td.batch(1, cfg.rollout.prompts_per_step)
+    ids, mask = episodes.encode_prompts(tok, [e.prompt for e in prompts], cfg.task.max_prompt_len,
+                                        obj.sampling.pad_token_id, td.chat_kwargs)  # fmt: skip
     for step in range(1, steps + 1):
         key = jax.random.fold_in(jax.random.key(cfg.run.seed), step)
         t0 = time.perf_counter()
         # the same prompts every step (new samples): one compiled shape, so steps 2.. are
         # steady-state timings (step 1 includes compilation)
-        ep = episodes.rollout(models.Model(mc, merged(state)), tok, prompts, obj.sampling, key,
-                              cfg.task.max_prompt_len, chat_kwargs=td.chat_kwargs)  # fmt: skip
-        jax.block_until_ready(ep.batch)
+        ro = prog.rollout(state, ids, mask, key, obj.sampling)
+        batch = program.join(ro)
+        jax.block_until_ready(batch)
         t1 = time.perf_counter()
-        rewards = rng.integers(0, 2, len(ep.texts)).astype(np.float32)
+        n_tok = int(jax.device_get(ro.lengths).sum())
+        rewards = rng.integers(0, 2, batch["input_ids"].shape[0]).astype(np.float32)
         rewards[::g] = 1.0 - rewards[1::g]  # every group has both outcomes
-        adv, _ = obj.advantage_fn(jnp.asarray(rewards), g)
-        old, ref, _ = logprobs(state, ep.batch["input_ids"], ep.batch["attention_mask"],
-                               ep.num_completion_tokens)  # fmt: skip
-        batch = dict(ep.batch, ref_logp=ref, advantages=adv)
+        old, ref = prog.score(state, batch)
+        batch = dict(batch, ref_logp=ref, rewards=jnp.asarray(rewards))
         if old is not None:
             batch["old_logp"] = old
-        state, m = update(state, batch, key)
+        state, m = prog.learn(state, batch, key)
         m = jax.device_get(m)
         t2 = time.perf_counter()
-        rows, seq = ep.batch["input_ids"].shape
+        rows, seq = batch["input_ids"].shape
         # policy forward + backward (3x forward) and the reference forward
         flops = 4 * common.seq_forward_flops(mc, rows, seq)
         losses.append(float(m["train/loss"]))
         out["steps"].append({
             "step": step, "rollout_s": round(t1 - t0, 2), "update_s": round(t2 - t1, 2),
-            "seq_len": int(seq), "rollout_tokens_per_s": round(int(ep.lengths.sum()) / (t1 - t0), 1),
+            "seq_len": int(seq), "rollout_tokens_per_s": round(n_tok / (t1 - t0), 1),
             "update_tokens_per_s": round(rows * seq / (t2 - t1), 1),
             "update_mfu": round(flops / (t2 - t1) / peak_flops, 3),
             "loss": losses[-1], "grad_norm": float(m["train/grad_norm"]),

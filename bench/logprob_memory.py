@@ -28,13 +28,12 @@ def temp_bytes(shape: str, chunk: int, rows: int, prompt: int, new: int) -> dict
 
     from gbmpo_jax import divergences, models, policy, presets
     from gbmpo_jax import train_step as ts
-    from gbmpo_jax.losses import LossConfig
     from gbmpo_jax.optim import OptimConfig, make_optimizer
 
     mc = presets.model_config(shape, QWEN3_VOCAB, remat=shape != "qwen3-tiny")
-    cfg = ts.StepConfig(loss=LossConfig(max_completion_length=new), logprob_chunk=chunk)
+    cfg = ts.step_config(max_completion_length=new, logprob_chunk=chunk)
     div = divergences.get("kl")
-    opt = make_optimizer(OptimConfig(learning_rate=1e-6, total_steps=10))
+    opt = make_optimizer(OptimConfig(lr=1e-6), total_steps=10)
     params = jax.eval_shape(lambda: models.init_params(mc, jax.random.key(0)))
     state = jax.eval_shape(
         lambda p: ts.init_state(p, opt, div.init_params(None), 0.04, cfg), params

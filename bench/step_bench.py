@@ -72,24 +72,16 @@ def ours_worker(model_dir: str, new_tokens: int, steps: int, seed: int) -> dict:
     import numpy as np
 
     from gbmpo_jax import advantages, divergences, models, policy, sampling
-    from gbmpo_jax.losses import LossConfig
     from gbmpo_jax.optim import OptimConfig, make_optimizer
-    from gbmpo_jax.train_step import StepConfig, init_state, make_compute_logprobs, make_update
+    from gbmpo_jax.train_step import init_state, make_compute_logprobs, make_update, step_config
 
     model = models.load_pretrained(model_dir)
     mc = model.config
-    step_cfg = StepConfig(
-        loss=LossConfig(
-            loss_type="dr_grpo", max_completion_length=new_tokens, mask_truncated_completions=False
-        ),
-        group_size=GROUP,
-        temperature=1.0,
-    )
+    step_cfg = step_config(loss_type="dr_grpo", max_completion_length=new_tokens,
+                           mask_truncated_completions=False, group_size=GROUP, temperature=1.0)  # fmt: skip
     div = divergences.get("kl")
-    opt = make_optimizer(
-        OptimConfig(learning_rate=LR, schedule="constant", total_steps=max(steps, 1),
-                    warmup_ratio=0.0, max_grad_norm=1.0)
-    )  # fmt: skip
+    opt = make_optimizer(OptimConfig(lr=LR, schedule="constant", warmup_ratio=0.0, clip_norm=1.0),
+                         total_steps=max(steps, 1))  # fmt: skip
     base = jax.random.key(seed)
     state = init_state(model.params, opt, div.init_params(base), BETA, step_cfg, divergence=div)
     apply_fn = policy.make_apply_fn(mc)

@@ -1,5 +1,7 @@
 """Config tree: overrides, validation errors naming the field, experiments, dict round trip."""
 
+import dataclasses
+
 import pytest
 
 from gbmpo_jax import config as C
@@ -87,3 +89,48 @@ def test_paper_settings():
 def test_unknown_experiment_lists_names():
     with pytest.raises(C.ConfigError, match="valid names: .*gsm8k_probl2"):
         experiment.load("gsm8k_prob")
+
+
+def test_sections_are_the_core_configs_not_copies():
+    """The objective, rollout, optim and lora sections are the classes the core takes: the
+    update's StepConfig holds the run config's own objects."""
+    from gbmpo_jax import char_tokenizer, lora, losses, optim, policy, presets, sampling
+
+    cfg = C.validate(C.override(C.Config(), **{"objective.divergence": "prob_l2",
+                                               "rollout.max_new_tokens": 8}))  # fmt: skip
+    assert isinstance(cfg.objective, losses.ObjectiveConfig)
+    assert isinstance(cfg.rollout, sampling.SamplingConfig)
+    assert isinstance(cfg.optim, optim.OptimConfig) and isinstance(cfg.lora, lora.LoraConfig)
+    tok = char_tokenizer.make()
+    obj = policy.build_objective(cfg, presets.model_config("tiny", len(tok)), tok)
+    assert obj.step_cfg.objective is cfg.objective
+    assert obj.step_cfg.lora is None  # rank 0 = full fine-tuning
+    # the sampler gets the section with only the tokenizer's ids filled in
+    assert obj.sampling == dataclasses.replace(
+        cfg.rollout, stop_token_ids=obj.sampling.stop_token_ids,
+        pad_token_id=obj.sampling.pad_token_id,
+    )  # fmt: skip
+    assert obj.sampling.stop_token_ids  # from the tokenizer
+    with_lora = C.override(cfg, **{"lora.rank": 4, "lora.alpha": 8.0})
+    obj = policy.build_objective(with_lora, presets.model_config("tiny", len(tok)), tok)
+    assert obj.step_cfg.lora is with_lora.lora
+
+
+def test_one_call_sets_fields_that_constrain_each_other():
+    cfg = C.override(C.Config(), **{"rollout.max_new_tokens": 16, "rollout.min_new_tokens": 12})
+    # lowering both in one call passes through no invalid state
+    cfg = C.override(cfg, **{"rollout.min_new_tokens": 2, "rollout.max_new_tokens": 4})
+    assert (cfg.rollout.max_new_tokens, cfg.rollout.min_new_tokens) == (4, 2)
+    with pytest.raises(C.ConfigError, match=r"rollout\.min_new_tokens=5"):
+        C.override(cfg, **{"rollout.min_new_tokens": 5})
+
+
+def test_checks_read_the_registries(monkeypatch):
+    """A name registered in the core is valid config at once: no list written out twice."""
+    from gbmpo_jax import divergences
+
+    monkeypatch.setitem(divergences.REGISTRY, "my_div", divergences.REGISTRY["kl"])
+    cfg = C.validate(C.override(C.Config(), **{"objective.divergence": "my_div"}))
+    assert cfg.objective.divergence == "my_div"
+    with pytest.raises(C.ConfigError, match=r"objective\.divergence='kll'.*my_div"):
+        C.override(C.Config(), **{"objective.divergence": "kll"})

@@ -9,7 +9,6 @@ from flax import linen, nnx
 
 from gbmpo_jax import divergences as dv
 from gbmpo_jax import train_step as ts
-from gbmpo_jax.losses import LossConfig
 from gbmpo_jax.models import flax_adapter
 from gbmpo_jax.optim import Optimizer
 
@@ -61,7 +60,7 @@ def _batch():
 
 
 def _train(apply_fn, params, steps=6):
-    cfg = ts.StepConfig(loss=LossConfig(max_completion_length=T), group_size=G)
+    cfg = ts.step_config(max_completion_length=T, group_size=G)
     div = dv.get("prob_l2")
     opt = Optimizer(optax.adam(3e-3), lambda step: jnp.float32(3e-3))
     state = ts.init_state(params, opt, div.init_params(None), 0.01, cfg, divergence=div)

@@ -12,7 +12,6 @@ from gbmpo_jax import divergences as dv
 from gbmpo_jax import logprobs as lpm
 from gbmpo_jax import models, policy, presets
 from gbmpo_jax import train_step as ts
-from gbmpo_jax.losses import LossConfig
 from gbmpo_jax.optim import Optimizer
 
 QWEN3_VOCAB = 151_669
@@ -102,7 +101,7 @@ def test_chunked_matches_reference_numpy_logsoftmax():
 
 def _objective(kind, chunk, t=T, vocab=QWEN3_VOCAB, **cfg_over):
     mc, params = _model(kind, vocab)
-    cfg = ts.StepConfig(loss=LossConfig(max_completion_length=t), logprob_chunk=chunk, **cfg_over)
+    cfg = ts.step_config(max_completion_length=t, logprob_chunk=chunk, **cfg_over)
     div = dv.get("kl")
     opt = Optimizer(optax.sgd(0.1), lambda step: jnp.float32(0.1))
     state = ts.init_state(params, opt, div.init_params(None), 0.5, cfg, divergence=div)

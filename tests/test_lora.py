@@ -82,6 +82,11 @@ def test_bf16_base_merges_in_float32():
 
 def test_config_errors():
     with pytest.raises(ValueError, match="rank"):
-        lora.LoraConfig(rank=0)
+        lora.LoraConfig(rank=-1)
+    with pytest.raises(ValueError, match="alpha"):
+        lora.LoraConfig(rank=2)  # rank > 0 needs alpha > 0
+    assert not lora.LoraConfig().enabled  # rank 0 = full fine-tuning
+    with pytest.raises(ValueError, match="rank is 0"):
+        lora.init(jax.random.key(0), _base(), lora.LoraConfig())
     with pytest.raises(ValueError, match="match no weight"):
-        lora.targets(_base(), lora.LoraConfig(rank=2, targets=("w_in",)))
+        lora.targets(_base(), lora.LoraConfig(rank=2, alpha=2.0, targets=("w_in",)))

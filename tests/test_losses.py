@@ -13,7 +13,7 @@ ADV = np.array([1.0, 2.0, -1.0], np.float32)
 
 
 def _loss(loss_type, mask=MASK, truncated=None, num_items=None, **kw):
-    cfg = L.LossConfig(loss_type=loss_type, max_completion_length=6, **kw)
+    cfg = L.ObjectiveConfig(loss_type=loss_type, max_completion_length=6, **kw)
     m = L.loss_mask(jnp.asarray(mask), truncated, cfg)
     w = L.token_weights(m, cfg, num_items)
     logp = jnp.full(mask.shape, -1.0)  # on-policy, lambda = 0: l_{i,t} = -A_i
@@ -45,16 +45,16 @@ def test_dapo_needs_num_items():
 
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="loss_type"):
-        L.LossConfig(loss_type="mean")
+        L.ObjectiveConfig(loss_type="mean")
     with pytest.raises(ValueError, match="importance_sampling"):
-        L.LossConfig(importance_sampling="seq")
+        L.ObjectiveConfig(importance_sampling="seq")
     with pytest.raises(ValueError, match="max_completion_length"):
-        cfg = L.LossConfig(max_completion_length=4)
+        cfg = L.ObjectiveConfig(max_completion_length=4)
         L.token_weights(jnp.ones((2, 5)), cfg)
 
 
 def test_clip_and_sequence_ratio_by_hand():
-    cfg_tok = L.LossConfig(loss_type="bnpo", max_completion_length=2)
+    cfg_tok = L.ObjectiveConfig(loss_type="bnpo", max_completion_length=2)
     old = jnp.zeros((2, 2))
     logp = jnp.array([[0.5, -0.5], [0.1, 0.0]])  # ratios e^.5=1.65 (clipped), e^-.5=.61
     adv = jnp.array([1.0, -1.0])
@@ -65,7 +65,7 @@ def test_clip_and_sequence_ratio_by_hand():
     np.testing.assert_allclose(t["policy"], want, rtol=1e-6)
     np.testing.assert_array_equal(t["high_clip"], [[1, 0], [0, 0]])
     np.testing.assert_array_equal(t["low_clip"], [[0, 0], [0, 0]])
-    cfg_seq = L.LossConfig(importance_sampling="sequence", max_completion_length=2)
+    cfg_seq = L.ObjectiveConfig(importance_sampling="sequence", max_completion_length=2)
     mask = jnp.array([[1.0, 1.0], [1.0, 0.0]])
     t = L.per_token_terms(logp, old, old, adv, mask, dv.get("kl"), {}, 0.0, cfg_seq)
     np.testing.assert_allclose(t["ratio"][0], [1.0, 1.0], rtol=1e-6)  # exp(mean(.5, -.5))
@@ -87,7 +87,7 @@ def test_toy_categorical_gradient_matches_hand_derivation(div_name):
     y = jax.random.randint(k4, (n, t), 0, v)
     adv = jnp.array([1.0, -0.5, 2.0])
     mask = jnp.array(MASK[:, :t])
-    cfg = L.LossConfig(loss_type="dr_grpo", max_completion_length=t)
+    cfg = L.ObjectiveConfig(loss_type="dr_grpo", max_completion_length=t)
     div = dv.get(div_name)
     w = L.token_weights(mask, cfg)
 
@@ -114,7 +114,7 @@ def test_toy_categorical_gradient_matches_hand_derivation(div_name):
 
 def test_traced_coefficients_vmap_without_retrace():
     traces = []
-    cfg = L.LossConfig(max_completion_length=6)
+    cfg = L.ObjectiveConfig(max_completion_length=6)
     div = dv.get("neural_mirror")
     m = jnp.asarray(MASK)
     w = L.token_weights(m, cfg)

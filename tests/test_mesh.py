@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 from gbmpo_jax import divergences, lora, mesh, models, presets, sampling
 from gbmpo_jax.config import MeshCfg
 from gbmpo_jax.optim import OptimConfig, make_optimizer
-from gbmpo_jax.train_step import StepConfig, init_state, make_compute_logprobs, make_update
+from gbmpo_jax.train_step import init_state, make_compute_logprobs, make_update, step_config
 
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
 # CI (2 loaded cores) runs the mesh that uses every axis; the others with `pytest -m slow`.
@@ -31,9 +31,9 @@ def problem(vocab=64, lora_cfg=None):
     """(model_config, host state, host batch, update_fn unjitted): deterministic."""
     mc = presets.model_config("tiny", vocab_size=vocab)
     model = models.init_model(mc, jax.random.key(0))
-    opt = make_optimizer(OptimConfig(learning_rate=1e-2, schedule="constant", warmup_ratio=0.0))
+    opt = make_optimizer(OptimConfig(lr=1e-2, schedule="constant", warmup_ratio=0.0))
     div = divergences.get("kl")
-    cfg = StepConfig(group_size=4, micro_batches=2, lora=lora_cfg)
+    cfg = step_config(group_size=4, micro_batches=2, lora=lora_cfg)
     state = init_state(model.params, opt, div.init_params(jax.random.key(1)), 0.04, cfg,
                        key=jax.random.key(2))  # fmt: skip
     rng = np.random.default_rng(0)
@@ -90,7 +90,7 @@ def test_train_step_matches_one_device(full, shape):
     if shape == (2, 2, 2):  # the log-prob pass, sharded, on the updated state
         t = batch["completion_mask"].shape[1]
         lp_fn = make_compute_logprobs(lambda p, i, a: models.apply(
-            p, mc, i, models.positions_from_mask(a), a)[0], StepConfig(micro_batches=2))  # fmt: skip
+            p, mc, i, models.positions_from_mask(a), a)[0], step_config(micro_batches=2))  # fmt: skip
         want = lp_fn(jax.device_put(ref_state, jax.devices()[0]), batch["input_ids"],
                      batch["attention_mask"], t)  # fmt: skip
         got = mesh.jit_logprobs(lp_fn, sh, m)(new, batch["input_ids"], batch["attention_mask"], t)

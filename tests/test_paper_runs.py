@@ -34,7 +34,7 @@ from gbmpo_jax import (
     sampling,
     train,
 )
-from gbmpo_jax.losses import LossConfig, loss_fn
+from gbmpo_jax.losses import ObjectiveConfig, loss_fn
 from gbmpo_jax.train_step import init_state, make_update
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -330,7 +330,7 @@ def test_bias_corrected_kl_matches_trl_value_and_gradient():
     mask = jnp.asarray(rng.uniform(size=(n, t)) > 0.2, jnp.float32)
     kl = divergences.get("kl")
     for correct in (False, True):
-        cfg = LossConfig(loss_type="dr_grpo", max_completion_length=8,
+        cfg = ObjectiveConfig(loss_type="dr_grpo", max_completion_length=8,
                          use_bias_correction_kl=correct)  # fmt: skip
         w = mask / (n * 8)
 

@@ -53,17 +53,6 @@ class Estimator(NamedTuple):
     default_scale: str
 
 
-def advantage_metrics(advantages: jax.Array, group_size: int) -> dict[str, jax.Array]:
-    """adv/mean, adv/std (population) and adv/zero_std_frac (groups whose advantages are all
-    zero, which for these estimators is exactly the groups with equal rewards)."""
-    g = _groups(advantages, group_size)
-    return {
-        "adv/mean": jnp.mean(g),
-        "adv/std": jnp.std(g),
-        "adv/zero_std_frac": jnp.mean(jnp.all(g == 0.0, axis=1).astype(jnp.float32)),
-    }
-
-
 def resolve_scale(estimator: str, scale_rewards: str | None = "auto") -> str:
     """The reward scaling actually used: ``scale_rewards`` unless it is "auto" / None, then
     the estimator's default (grpo -> "group", dr_grpo / rloo -> "none")."""

@@ -1,9 +1,15 @@
 """Run configuration: shared defaults, `key=value` overrides, validation, diffs.
 
-A config is a tree of frozen dataclasses. Experiments (`experiments/<name>.py`) start from
-`Config()` (the defaults below, one place) and change only what differs with `override`;
-nothing mutates a config after construction. `validate` runs once at start and every error
-names the field and the fix.
+A config is a tree of frozen dataclasses. The sections the core takes are the core's own
+static config classes, used as they are (no copies): ``rollout`` = `sampling.SamplingConfig`,
+``objective`` = `losses.ObjectiveConfig`, ``optim`` = `optim.OptimConfig`, ``lora`` =
+`lora.LoraConfig`; each checks its own fields against the registries when it is built. The
+run-level sections (model, task, warmup, mesh, run) are defined and checked here.
+Experiments (`experiments/<name>.py`) start from `Config()` and change only what differs
+with `override` (all keys of one call and section are applied together, so fields that
+constrain each other can be set in one call); nothing mutates a config after construction.
+`validate` runs once at start for what spans sections, and every error names the key and
+the fix.
 
 Override syntax (CLI and `override`): dotted paths, values parsed by the field's type:
 `objective.divergence=prob_l2 optim.lr=3e-5 lora.targets=q_proj,v_proj run.steps=10`.
@@ -19,6 +25,11 @@ import json
 import math
 import typing
 from dataclasses import dataclass, field
+
+from gbmpo_jax.lora import LoraConfig
+from gbmpo_jax.losses import ObjectiveConfig
+from gbmpo_jax.optim import OptimConfig
+from gbmpo_jax.sampling import SamplingConfig
 
 
 @dataclass(frozen=True)
@@ -52,69 +63,6 @@ class TaskCfg:
     # final_eval_size 0 = the whole split
     final_eval_split: str = ""
     final_eval_size: int = 0
-
-
-@dataclass(frozen=True)
-class RolloutCfg:
-    prompts_per_step: int = 2
-    group_size: int = 4
-    max_new_tokens: int = 256
-    min_new_tokens: int = 0
-    temperature: float = 0.6
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-
-
-@dataclass(frozen=True)
-class ObjectiveCfg:
-    advantage: str = "dr_grpo"  # grpo | dr_grpo | rloo
-    # auto = the estimator's own (grpo: group, dr_grpo / rloo: none) | group | batch | none
-    scale_rewards: str = "auto"
-    divergence: str = "kl"  # a key of divergences.REGISTRY
-    coef: float = 0.04  # lambda, the divergence weight
-    loss_type: str = "dr_grpo"  # grpo | dr_grpo | bnpo | dapo
-    epsilon_low: float = 0.2
-    epsilon_high: float = 0.2
-    importance_sampling: str = "token"  # token | sequence
-    mu: int = 1  # optimizer steps per generation batch
-    mask_truncated_completions: bool = True
-    micro_batches: int = 1  # gradient accumulation inside one jitted update
-    # tokens per fused lm_head + log-softmax chunk of the log-prob passes (0 = full logits)
-    logprob_chunk: int = 512
-    mirror_params_path: str = ""  # .npz of neural-mirror coefficients (e.g. learned by ES)
-    mirror_init: str = "reference"  # reference (uniform[0,0.01), seed 42) | random
-    # TRL >= 1.x `use_bias_correction_kl`: the per-token divergence times the importance
-    # ratio (see losses.py); off = TRL 0.23, the paper's reference
-    use_bias_correction_kl: bool = False
-
-
-@dataclass(frozen=True)
-class OptimCfg:
-    lr: float = 3e-5
-    schedule: str = "cosine"  # cosine | linear | constant
-    warmup_ratio: float = 0.1
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    clip_norm: float = 1.0
-
-
-@dataclass(frozen=True)
-class LoraCfg:
-    rank: int = 0  # 0 = full fine-tuning
-    alpha: float = 0.0
-    targets: tuple[str, ...] = (
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    )
 
 
 @dataclass(frozen=True)
@@ -167,10 +115,14 @@ class Config:
     name: str = "default"
     model: ModelCfg = field(default_factory=ModelCfg)
     task: TaskCfg = field(default_factory=TaskCfg)
-    rollout: RolloutCfg = field(default_factory=RolloutCfg)
-    objective: ObjectiveCfg = field(default_factory=ObjectiveCfg)
-    optim: OptimCfg = field(default_factory=OptimCfg)
-    lora: LoraCfg = field(default_factory=LoraCfg)
+    # the core's own config classes: the run's defaults are theirs, except where a run
+    # differs from a library call (a training step samples groups of 4 for 2 prompts)
+    rollout: SamplingConfig = field(
+        default_factory=lambda: SamplingConfig(group_size=4, prompts_per_step=2)
+    )
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     warmup: WarmupCfg = field(default_factory=WarmupCfg)
     mesh: MeshCfg = field(default_factory=MeshCfg)
     run: RunCfg = field(default_factory=RunCfg)
@@ -186,6 +138,12 @@ def _sections(cfg) -> dict[str, typing.Any]:
 
 def _parse(value: str, tp, key: str):
     origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if type(None) in args:  # X | None: "" / none -> None
+        if value.strip().lower() in ("", "none", "null"):
+            return None
+        (tp,) = [a for a in args if a is not type(None)]
+        return _parse(value, tp, key)
     try:
         if tp is bool:
             if value.lower() in ("1", "true", "yes", "on"):
@@ -207,7 +165,13 @@ def _parse(value: str, tp, key: str):
                         f"{key}={value!r}: {bad[0]!r} must look like name:value; write the "
                         "whole list, e.g. digits:2,operations:+-"
                     )
-                return tuple(tuple(kv.split(":", 1)) for kv in items)
+                kinds = typing.get_args(args[0])
+                return tuple(
+                    tuple(t(x) for t, x in zip(kinds, kv.split(":", 1), strict=True))
+                    for kv in items
+                )
+            if args and args[0] is int:
+                return tuple(int(v) for v in items)
     except ConfigError:
         raise
     except ValueError as e:
@@ -216,30 +180,46 @@ def _parse(value: str, tp, key: str):
 
 
 def override(cfg: Config, **changes) -> Config:
-    """Returns a copy with dotted-path fields replaced: override(c, **{"optim.lr": 1e-5})."""
+    """Returns a copy with dotted-path fields replaced: override(c, **{"optim.lr": 1e-5}).
+
+    The keys of one section are applied in one step, so its class checks the fields together
+    (e.g. rollout.max_new_tokens and rollout.min_new_tokens); a rejected value raises a
+    ConfigError naming the key."""
+    sections: dict[tuple[str, ...], dict[str, tuple[typing.Any, str]]] = {}
     for key, value in changes.items():
-        cfg = _set(cfg, key.split("."), value, key)
+        *path, leaf = key.split(".")
+        sections.setdefault(tuple(path), {})[leaf] = (value, key)
+    for path, fields in sections.items():
+        cfg = _set(cfg, list(path), fields, ".".join(path))
     return cfg
 
 
-def _set(node, path, value, full_key):
-    names = {f.name: f for f in dataclasses.fields(node)}
-    head = path[0]
-    if head not in names:
-        raise ConfigError(
-            f"unknown config key {full_key!r}: {head!r} is not one of {sorted(names)}"
-        )
-    if len(path) == 1:
-        hints = typing.get_type_hints(type(node))
-        if dataclasses.is_dataclass(getattr(node, head)):
-            raise ConfigError(f"{full_key!r} is a section; set one of its fields")
-        if isinstance(value, str) and hints[head] is not str:
-            value = _parse(value, hints[head], full_key)
-        return dataclasses.replace(node, **{head: value})
-    child = getattr(node, head)
-    if not dataclasses.is_dataclass(child):
-        raise ConfigError(f"unknown config key {full_key!r}: {head!r} has no fields")
-    return dataclasses.replace(node, **{head: _set(child, path[1:], value, full_key)})
+def _set(node, path, fields, section):
+    names = {f.name for f in dataclasses.fields(node)}
+    if path:
+        head, full = path[0], next(iter(fields.values()))[1]
+        if head not in names:
+            raise ConfigError(f"unknown config key {full!r}: {head!r} is not one of {sorted(names)}")
+        child = getattr(node, head)
+        if not dataclasses.is_dataclass(child):
+            raise ConfigError(f"unknown config key {full!r}: {head!r} has no fields")
+        return dataclasses.replace(node, **{head: _set(child, path[1:], fields, section)})
+    hints = typing.get_type_hints(type(node))
+    new = {}
+    for name, (value, full) in fields.items():
+        if name not in names:
+            raise ConfigError(f"unknown config key {full!r}: {name!r} is not one of {sorted(names)}")
+        if dataclasses.is_dataclass(getattr(node, name)):
+            raise ConfigError(f"{full!r} is a section; set one of its fields")
+        if isinstance(value, str) and hints[name] is not str:
+            value = _parse(value, hints[name], full)
+        new[name] = value
+    try:
+        return dataclasses.replace(node, **new)
+    except (ValueError, TypeError) as e:
+        keys = ", ".join(f[1] for f in fields.values())
+        prefix = f"{section}." if section else ""
+        raise ConfigError(f"{prefix}{e} (setting {keys})") from None
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:
@@ -299,10 +279,7 @@ def _one_of(value, options, key):
     _check(value in options, key, f"{value!r} is not one of {sorted(options)}")
 
 
-# Bounds past which a value is a typo rather than a choice (Adam lr > 1 diverges at once; a
-# divergence weight of 1e3 swamps any reward).
-MAX_LR = 1.0
-MAX_COEF = 1e3
+MAX_LR = 1.0  # the supervised warm-up's bound (optim.OptimConfig has its own)
 
 
 def _check_finite(node, prefix: str = "") -> None:
@@ -316,70 +293,44 @@ def _check_finite(node, prefix: str = "") -> None:
 
 
 def validate(cfg: Config) -> Config:
-    """Checks every field once at start; returns cfg unchanged or raises ConfigError."""
-    from gbmpo_jax import advantages, data, divergences, losses
+    """Checks the run-level sections and what spans sections, once at start; returns cfg
+    unchanged or raises ConfigError. (rollout / objective / optim / lora check their own
+    fields when they are built.)"""
+    from gbmpo_jax import data, presets, sft
+    from gbmpo_jax.models.config import DTYPES
+    from gbmpo_jax.rewards import REWARD_MODES, SANDBOXES
 
-    m, t, r, o, op, lo, run = (
-        cfg.model,
-        cfg.task,
-        cfg.rollout,
-        cfg.objective,
-        cfg.optim,
-        cfg.lora,
-        cfg.run,
-    )
+    m, t, r, o, run, w = cfg.model, cfg.task, cfg.rollout, cfg.objective, cfg.run, cfg.warmup
     _check_finite(cfg)
-    _one_of(m.dtype, ("float32", "bfloat16"), "model.dtype")
-    _one_of(m.compute_dtype, ("float32", "bfloat16"), "model.compute_dtype")
+    _one_of(m.dtype, DTYPES, "model.dtype")
+    _one_of(m.compute_dtype, DTYPES, "model.compute_dtype")
     _check(bool(m.path), "model.path", "set a HF directory, a .gguf file, 'smollm2' or 'random'")
+    if m.path == "random":
+        _one_of(m.random_shape, presets.SHAPES, "model.random_shape")
     _one_of(t.name, data.TASKS, "task.name")
-    _one_of(t.reward, ("binary", "partial"), "task.reward")
-    _one_of(t.sandbox, ("bwrap", "unsafe_rlimits_only"), "task.sandbox")
+    _one_of(t.reward, REWARD_MODES, "task.reward")
+    _one_of(t.sandbox, SANDBOXES, "task.sandbox")
     _check(t.max_prompt_len >= 8, "task.max_prompt_len", "must be >= 8")
     _check(t.eval_size >= 0, "task.eval_size", "must be >= 0 (0 = no held-out evaluation)")
     _check(t.final_eval_size >= 0, "task.final_eval_size", "must be >= 0 (0 = the whole split)")
     if t.final_eval_split:
         _one_of(t.final_eval_split, data.TASKS[t.name].splits, "task.final_eval_split")
-    _check(r.prompts_per_step >= 1, "rollout.prompts_per_step", "must be >= 1")
     _check(r.group_size >= 2, "rollout.group_size", "group-relative advantages need >= 2")
-    _check(r.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1")
-    _check(
-        0 <= r.min_new_tokens <= r.max_new_tokens,
-        "rollout.min_new_tokens",
-        "must be in [0, rollout.max_new_tokens]",
-    )
-    _check(r.temperature > 0, "rollout.temperature", "must be > 0 (greedy is for evaluation)")
-    _check(0 < r.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
-    _check(r.top_k >= 0, "rollout.top_k", "must be >= 0 (0 disables)")
-    _check(0 <= r.min_p < 1, "rollout.min_p", "must be in [0, 1)")
-    _check(r.repetition_penalty > 0, "rollout.repetition_penalty", "must be > 0")
-    _one_of(o.advantage, advantages.REGISTRY, "objective.advantage")
-    _one_of(o.scale_rewards, ("auto", "group", "batch", "none"), "objective.scale_rewards")
-    _one_of(o.divergence, divergences.REGISTRY, "objective.divergence")
-    _check(0 <= o.coef <= MAX_COEF, "objective.coef", f"must be in [0, {MAX_COEF:g}]")
-    _one_of(o.loss_type, losses.AGGREGATIONS, "objective.loss_type")
-    _check(0 <= o.epsilon_low < 1, "objective.epsilon_low", "must be in [0, 1)")
-    _check(o.epsilon_high >= 0, "objective.epsilon_high", "must be >= 0")
-    _one_of(o.importance_sampling, ("token", "sequence"), "objective.importance_sampling")
-    _check(o.mu >= 1, "objective.mu", "must be >= 1")
+    _check(not r.greedy, "rollout.greedy", "training samples; greedy decoding is for evaluation")
+    _check(r.pad_token_id == 0, "rollout.pad_token_id", "is the tokenizer's; leave it unset")
     n_rows = r.prompts_per_step * r.group_size
+    _check(n_rows % o.micro_batches == 0, "objective.micro_batches",
+           f"must divide rollout.prompts_per_step x rollout.group_size = {n_rows}")  # fmt: skip
     _check(
-        o.micro_batches >= 1 and n_rows % o.micro_batches == 0,
-        "objective.micro_batches",
-        f"must divide prompts_per_step * group_size = {n_rows}",
+        not o.max_completion_length or o.max_completion_length >= r.max_new_tokens,
+        "objective.max_completion_length",
+        f"must be 0 (= rollout.max_new_tokens) or >= rollout.max_new_tokens={r.max_new_tokens}",
     )
-    _check(o.logprob_chunk >= 0, "objective.logprob_chunk", "must be >= 0 (0 = full logits)")
-    _one_of(o.mirror_init, ("reference", "random"), "objective.mirror_init")
-    _check(0 < op.lr <= MAX_LR, "optim.lr", f"must be in (0, {MAX_LR:g}]")
-    _one_of(op.schedule, ("cosine", "linear", "constant"), "optim.schedule")
-    _one_of(cfg.warmup.schedule, ("cosine", "constant"), "warmup.schedule")
-    _check(cfg.warmup.weight_decay >= 0, "warmup.weight_decay", "must be >= 0")
-    _check(0 <= op.warmup_ratio < 1, "optim.warmup_ratio", "must be in [0, 1)")
-    _check(op.clip_norm >= 0, "optim.clip_norm", "must be >= 0 (0 disables)")
-    _check(lo.rank >= 0, "lora.rank", "must be >= 0 (0 = full fine-tuning)")
-    if lo.rank:
-        _check(lo.alpha > 0, "lora.alpha", "must be > 0 when lora.rank > 0")
-        _check(bool(lo.targets), "lora.targets", "name at least one projection")
+    _one_of(w.schedule, sft.SCHEDULES, "warmup.schedule")
+    _check(w.weight_decay >= 0, "warmup.weight_decay", "must be >= 0")
+    _check(w.steps >= 0, "warmup.steps", "must be >= 0 (0 = no warm-up)")
+    _check(w.batch_size >= 1, "warmup.batch_size", "must be >= 1")
+    _check(0 < w.lr <= MAX_LR, "warmup.lr", f"must be in (0, {MAX_LR:g}]")
     for axis in ("data", "fsdp", "tensor", "pop"):
         n = getattr(cfg.mesh, axis)
         _check(n == -1 or n >= 1, f"mesh.{axis}", "must be >= 1, or -1 for the remaining devices")
@@ -395,13 +346,6 @@ def validate(cfg: Config) -> Config:
     )
     _check(run.steps >= 0, "run.steps", "must be >= 0")
     _check(0 <= run.seed < 2**32, "run.seed", "must be in [0, 2**32) (numpy and JAX seeds)")
-    _check(cfg.warmup.steps >= 0, "warmup.steps", "must be >= 0 (0 = no warm-up)")
-    _check(cfg.warmup.batch_size >= 1, "warmup.batch_size", "must be >= 1")
-    _check(0 < cfg.warmup.lr <= MAX_LR, "warmup.lr", f"must be in (0, {MAX_LR:g}]")
-    if m.path == "random":
-        from gbmpo_jax import presets
-
-        _one_of(m.random_shape, presets.SHAPES, "model.random_shape")
     _check(run.log_every >= 1, "run.log_every", "must be >= 1")
     _check(run.eval_every >= 0, "run.eval_every", "must be >= 0")
     _check(run.save_every_steps >= 1, "run.save_every_steps", "must be >= 1")

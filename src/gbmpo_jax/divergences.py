@@ -404,14 +404,18 @@ def neural_mirror(init: str = "reference", seed: int = 42, scale: float = 0.01) 
     init: ``"reference"`` -> `reference_init(seed, scale)` (the key is ignored, so every run
     starts from the paper's map); ``"random"`` -> `random_init(key, scale)`.
     """
-    if init not in ("reference", "random"):
-        raise ValueError(f"neural_mirror init={init!r}: use 'reference' or 'random'")
-    if init == "reference":
-        init_fn = lambda key: reference_init(seed, scale)  # noqa: E731
-    else:
-        init_fn = lambda key: random_init(key, scale)  # noqa: E731
+    if init not in MIRROR_INITS:
+        raise ValueError(f"neural_mirror init={init!r}: use one of {list(MIRROR_INITS)}")
+    init_fn = lambda key: MIRROR_INITS[init](key, seed, scale)  # noqa: E731
     return Divergence("neural_mirror", init_fn, mirror_divergence, validate_mirror_params)
 
+
+# neural-mirror initialisations: name -> (key, seed, scale) -> params ("reference" ignores the
+# key, so every run starts from the paper's map)
+MIRROR_INITS: dict[str, Callable[..., dict]] = {
+    "reference": lambda key, seed, scale: reference_init(seed, scale),
+    "random": lambda key, seed, scale: random_init(key, scale),
+}
 
 REGISTRY: dict[str, Callable[..., Divergence]] = {
     "kl": kl,

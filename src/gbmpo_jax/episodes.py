@@ -5,8 +5,7 @@
   and the reward call (math check, or sandboxed code on a worker pool).
 * `encode_prompts`: chat template -> token ids, left-truncated to `max_prompt_len`,
   left-padded to a bucketed length (few distinct shapes, few recompiles).
-* `rollout`: prompts -> `sampling.generate` -> decoded texts and the training batch of
-  DESIGN.md (input_ids / attention_mask [N,P+T], completion_mask [N,T], truncated [N]).
+* `global_prompts`: the prompts as global arrays for a multi-host rollout.
 * `evaluate`: greedy held-out accuracy through `gbmpo_jax.evaluate.evaluate`.
 * `sft_batch`: gold completions in the same layout, for the supervised warm-up.
 """
@@ -14,18 +13,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from gbmpo_jax import data, prompts, sampling
+from gbmpo_jax import data, prompts, sampling, seeds
 from gbmpo_jax import evaluate as evaluate_lib
-
-
-def _repeat(examples, g):
-    return [e for e in examples for _ in range(g)]
 
 
 class TrainData:
@@ -48,7 +41,7 @@ class TrainData:
         train = task.load(t.train_split, t.source, options)
         held = task.load(t.eval_split, t.source, options) if t.eval_split else []
         if held:
-            rng = np.random.default_rng(cfg.run.seed + 7919)
+            rng = np.random.default_rng(cfg.run.seed + seeds.EVAL_SUBSET)
             idx = np.sort(rng.permutation(len(held))[: t.eval_size])
             held = [held[i] for i in idx]
             overlap = {e.id for e in held} & {e.id for e in train}
@@ -108,17 +101,7 @@ def encode_prompts(tokenizer, conversations, max_prompt_len: int, pad_id: int,
     return ids, mask
 
 
-class Episode(NamedTuple):
-    examples: list  # this host's rows: the example of each row (prompts repeated G times)
-    texts: list[str]  # this host's rows: decoded completions without special tokens
-    lengths: np.ndarray  # [n_local]
-    truncated: np.ndarray  # [n_local] bool
-    batch: dict  # DESIGN.md training batch over all N rows (device arrays, row-sharded)
-    num_completion_tokens: int  # T
-    rows: tuple[int, int]  # [start, stop) of this host's rows among the N
-
-
-def _global_prompts(ids, mask, mesh):
+def global_prompts(ids, mask, mesh):
     """Prompts as global arrays laid out as `mesh.jit_rollout` expects them (multi-host)."""
     from gbmpo_jax import mesh as mesh_lib
 
@@ -126,62 +109,6 @@ def _global_prompts(ids, mask, mesh):
     sh = mesh_lib.batch_sharding(mesh, 2) if rows else mesh_lib.replicated(mesh)
     put = lambda x: jax.make_array_from_callback(x.shape, sh, lambda i: x[i])  # noqa: E731
     return put(ids), put(mask)
-
-
-def rollout(model, tokenizer, examples, sampling_cfg, key, max_prompt_len: int, *,
-            generate=sampling.generate, mesh=None, chat_kwargs=None) -> Episode:  # fmt: skip
-    """G completions per example. With `mesh` and several processes, every host runs the
-    same global rollout and decodes / scores only its own rows (`Episode.rows`)."""
-    ids, mask = encode_prompts(
-        tokenizer, [e.prompt for e in examples], max_prompt_len, sampling_cfg.pad_token_id,
-        chat_kwargs,
-    )  # fmt: skip
-    multihost = mesh is not None and jax.process_count() > 1
-    if multihost:
-        ids, mask = _global_prompts(ids, mask, mesh)
-    out = generate(model, ids, mask, key, sampling_cfg)
-    n = out.tokens.shape[0]
-    if multihost:
-        from gbmpo_jax import mesh as mesh_lib
-
-        lo, hi = mesh_lib.host_row_range(n, mesh)
-        local = {f: mesh_lib.host_local_rows(getattr(out, f))
-                 for f in ("tokens", "lengths", "truncated")}  # fmt: skip
-    else:
-        lo, hi = 0, n
-        local = jax.device_get({f: getattr(out, f) for f in ("tokens", "lengths", "truncated")})
-    texts = [
-        tokenizer.decode(
-            local["tokens"][i, : local["lengths"][i]].tolist(), skip_special_tokens=True
-        )  # fmt: skip
-        for i in range(hi - lo)
-    ]
-    batch = _join(out.prompt_ids, out.tokens, out.prompt_mask, out.mask)
-    batch["truncated"] = out.truncated
-    return Episode(
-        _repeat(examples, sampling_cfg.group_size)[lo:hi], texts, np.asarray(local["lengths"]),
-        np.asarray(local["truncated"]), batch, out.tokens.shape[1], (lo, hi),
-    )  # fmt: skip
-
-
-@jax.jit
-def _join(prompt_ids, tokens, prompt_mask, mask):
-    """The training batch on device (keeps the rollout's row sharding; no host round trip)."""
-    return {
-        "input_ids": jnp.concatenate([prompt_ids, tokens], axis=1),
-        "attention_mask": jnp.concatenate([prompt_mask, mask], axis=1),
-        "completion_mask": mask,
-    }
-
-
-def rollout_metrics(ep: Episode, rewards: np.ndarray) -> dict:
-    return {
-        "rollout/reward_mean": float(np.mean(rewards)),
-        "rollout/reward_std": float(np.std(rewards)),
-        "rollout/length_mean": float(np.mean(ep.lengths)),
-        "rollout/length_max": float(np.max(ep.lengths)),
-        "rollout/truncated_frac": float(np.mean(ep.truncated)),
-    }
 
 
 def make_generate_fn(model, tokenizer, sampling_cfg, max_prompt_len: int, batch_size: int,

@@ -296,9 +296,14 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
 }
 
 
-def get(name: str, pop_size: int, **kw) -> Strategy:
+def check(name: str, pop_size: int) -> None:
+    """The one check of a strategy name and population size (ValueError naming the key)."""
     if name not in STRATEGIES:
         raise ValueError(f"meta.strategy={name!r} is not one of {sorted(STRATEGIES)}")
     if pop_size < 2 or pop_size % 2:
         raise ValueError(f"meta.pop_size={pop_size} must be even and >= 2 (antithetic pairs)")
+
+
+def get(name: str, pop_size: int, **kw) -> Strategy:
+    check(name, pop_size)
     return STRATEGIES[name](pop_size, **kw)

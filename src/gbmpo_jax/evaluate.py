@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from gbmpo_jax import data, prompts
+from gbmpo_jax.rewards import REWARD_MODES, SANDBOXES
 
 GenerateFn = Callable[..., list[list[str]]]
 
@@ -234,9 +235,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", default=None, choices=("float32", "bfloat16"))
-    ap.add_argument("--reward", default=None, choices=("binary", "partial"))
+    ap.add_argument("--reward", default=None, choices=REWARD_MODES)
     ap.add_argument("--timeout-s", type=float, default=None, help="per-assert limit (code tasks)")
-    ap.add_argument("--sandbox", default=None, choices=("bwrap", "unsafe_rlimits_only"))
+    ap.add_argument("--sandbox", default=None, choices=SANDBOXES)
     ap.add_argument("--out", default="", help="output directory (default: a new one under "
                     "runs/, or RUN_DIR/evals/ for a run directory)")  # fmt: skip
     ap.add_argument("--no-progress", action="store_true")

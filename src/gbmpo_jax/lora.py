@@ -42,19 +42,25 @@ DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
-    rank: int = 64
-    alpha: float = 64.0
+    """LoRA settings; also the run config's ``lora`` section (rank 0 = full fine-tuning)."""
+
+    rank: int = 0  # 0 = off (full fine-tuning)
+    alpha: float = 0.0  # scale alpha / rank; must be > 0 when rank > 0 (the paper: alpha = r)
     targets: tuple[str, ...] = DEFAULT_TARGETS
     # (name, number of input axes) overrides; default 1, and "all but the last" for o / o_proj
     in_axes: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self):
-        if self.rank < 1:
-            raise ValueError(f"lora rank={self.rank} must be >= 1 (rank 0 = no LoRA)")
-        if self.alpha <= 0:
-            raise ValueError(f"lora alpha={self.alpha} must be > 0 (the paper uses alpha = r)")
-        if not self.targets:
-            raise ValueError("lora targets is empty: name projections such as 'q_proj'")
+        if self.rank < 0:
+            raise ValueError(f"rank={self.rank} must be >= 0 (0 = full fine-tuning)")
+        if self.rank and self.alpha <= 0:
+            raise ValueError(f"alpha={self.alpha} must be > 0 when rank > 0 (the paper: alpha = r)")
+        if self.rank and not self.targets:
+            raise ValueError("targets is empty: name projections such as 'q_proj'")
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
 
     @property
     def scale(self) -> float:
@@ -106,6 +112,8 @@ def targets(base, cfg: LoraConfig) -> dict:
 
 def init(key: jax.Array, base, cfg: LoraConfig) -> dict:
     """Adapter pytree mirroring the base paths: {... {"lora_a": A, "lora_b": B}} (float32)."""
+    if not cfg.enabled:
+        raise ValueError("LoRA rank is 0 (full fine-tuning): there are no adapters to make")
     specs = targets(base, cfg)
     keys = jax.random.split(key, len(specs))
     flat = flatten_dict(base)

@@ -39,37 +39,70 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from gbmpo_jax import advantages, divergences
 from gbmpo_jax.divergences import Divergence
 
 
 @dataclasses.dataclass(frozen=True)
-class LossConfig:
-    """Static loss settings (hashable). See the module docstring for the formulas."""
+class ObjectiveConfig:
+    """The RL objective's static settings (hashable); also the run config's ``objective``
+    section, checked here against the registries (advantages, divergences, AGGREGATIONS).
+    See the module docstring for the formulas."""
 
-    loss_type: str = "dr_grpo"
+    advantage: str = "dr_grpo"  # a key of advantages.REGISTRY: grpo | dr_grpo | rloo
+    # auto = the estimator's own (grpo: group, dr_grpo / rloo: none) | group | batch | none
+    scale_rewards: str = "auto"
+    divergence: str = "kl"  # a key of divergences.REGISTRY
+    coef: float = 0.04  # lambda, the divergence weight (the state carries it, traced)
+    loss_type: str = "dr_grpo"  # a key of AGGREGATIONS (TRL names)
     epsilon_low: float = 0.2
     epsilon_high: float = 0.2
-    importance_sampling: str = "token"  # token | sequence
-    max_completion_length: int = 256
+    importance_sampling: str = "token"  # a key of IMPORTANCE_SAMPLING: token | sequence
+    mu: int = 1  # optimizer steps per generation batch
     mask_truncated_completions: bool = True
-    use_bias_correction_kl: bool = False  # lambda * rho * D (TRL >= 1.x); off = TRL 0.23
+    micro_batches: int = 1  # gradient accumulation inside one jitted update
+    # tokens per fused lm_head + log-softmax chunk of the log-prob passes (0 = full logits)
+    logprob_chunk: int = 512
+    mirror_params_path: str = ""  # .npz of neural-mirror coefficients (e.g. learned by ES)
+    mirror_init: str = "reference"  # a key of divergences.MIRROR_INITS
+    # TRL >= 1.x `use_bias_correction_kl`: the per-token divergence times the importance
+    # ratio; off = TRL 0.23, the paper's reference
+    use_bias_correction_kl: bool = False
+    # dr_grpo's L_max; 0 = the completion length of the batch, i.e. rollout.max_new_tokens
+    # (the sampler's buffers are always that wide)
+    max_completion_length: int = 0
 
     def __post_init__(self):
-        if self.loss_type not in AGGREGATIONS:
-            raise ValueError(
-                f"loss_type={self.loss_type!r}: use one of {sorted(AGGREGATIONS)} (TRL names)"
-            )
-        if self.importance_sampling not in ("token", "sequence"):
-            raise ValueError(
-                f"importance_sampling={self.importance_sampling!r}: use 'token' or 'sequence'"
-            )
+        def one_of(name, options):
+            value = getattr(self, name)
+            if value not in options:
+                raise ValueError(f"{name}={value!r}: use one of {sorted(options)}")
+
+        one_of("advantage", advantages.REGISTRY)
+        one_of("scale_rewards", ("auto", *advantages.SCALES))
+        one_of("divergence", divergences.REGISTRY)
+        one_of("loss_type", AGGREGATIONS)
+        one_of("importance_sampling", IMPORTANCE_SAMPLING)
+        one_of("mirror_init", divergences.MIRROR_INITS)
+        if not 0 <= self.coef <= MAX_COEF:
+            raise ValueError(f"coef={self.coef} must be in [0, {MAX_COEF:g}] (a divergence "
+                             "weight past that swamps any reward)")  # fmt: skip
         if not (0 <= self.epsilon_low < 1) or self.epsilon_high < 0:
             raise ValueError(
                 f"epsilon_low={self.epsilon_low}, epsilon_high={self.epsilon_high}: need "
                 "0 <= epsilon_low < 1 and epsilon_high >= 0 (typical 0.2 / 0.2 or 0.28)"
             )
-        if self.max_completion_length < 1:
-            raise ValueError(f"max_completion_length={self.max_completion_length} must be >= 1")
+        for name, low in (("mu", 1), ("micro_batches", 1), ("logprob_chunk", 0),
+                          ("max_completion_length", 0)):  # fmt: skip
+            if getattr(self, name) < low:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= {low}")
+        if self.mirror_params_path and self.divergence != "neural_mirror":
+            raise ValueError(f"mirror_params_path={self.mirror_params_path!r} needs "
+                             "divergence=neural_mirror")  # fmt: skip
+
+
+MAX_COEF = 1e3
+IMPORTANCE_SAMPLING = ("token", "sequence")  # per-token ratio | GSPO sequence ratio
 
 
 # ------------------------------------------------------------------------ aggregations
@@ -79,7 +112,7 @@ def _w_grpo(mask, cfg, num_items):
 
 
 def _w_dr_grpo(mask, cfg, num_items):
-    return mask / (mask.shape[0] * cfg.max_completion_length)
+    return mask / (mask.shape[0] * (cfg.max_completion_length or mask.shape[1]))
 
 
 def _w_bnpo(mask, cfg, num_items):
@@ -104,7 +137,7 @@ AGGREGATIONS: dict[str, Callable] = {
 }
 
 
-def loss_mask(completion_mask: jax.Array, truncated: jax.Array | None, cfg: LossConfig):
+def loss_mask(completion_mask: jax.Array, truncated: jax.Array | None, cfg: ObjectiveConfig):
     """m [N,T] float32: the completion mask, with truncated rows zeroed if configured."""
     m = completion_mask.astype(jnp.float32)
     if cfg.mask_truncated_completions and truncated is not None:
@@ -112,9 +145,9 @@ def loss_mask(completion_mask: jax.Array, truncated: jax.Array | None, cfg: Loss
     return m
 
 
-def token_weights(mask: jax.Array, cfg: LossConfig, num_items=None) -> jax.Array:
+def token_weights(mask: jax.Array, cfg: ObjectiveConfig, num_items=None) -> jax.Array:
     """Aggregation weights W [N,T] for the whole update batch (see module docstring)."""
-    if mask.shape[1] > cfg.max_completion_length:
+    if cfg.max_completion_length and mask.shape[1] > cfg.max_completion_length:
         raise ValueError(
             f"completion length {mask.shape[1]} exceeds max_completion_length="
             f"{cfg.max_completion_length}; raise it in the loss config"
@@ -132,7 +165,7 @@ def per_token_terms(
     divergence: Divergence,
     div_params,
     div_coef: jax.Array,
-    cfg: LossConfig,
+    cfg: ObjectiveConfig,
 ) -> dict[str, jax.Array]:
     """Per-token loss pieces, all [n,T] float32.
 

@@ -96,8 +96,10 @@ def validate_meta(m: MetaCfg) -> MetaCfg:
         if not cond:
             raise config_lib.ConfigError(f"meta.{key}: {msg}")
 
-    check(m.strategy in es.STRATEGIES, "strategy", f"{m.strategy!r} not in {sorted(es.STRATEGIES)}")
-    check(m.pop_size >= 2 and m.pop_size % 2 == 0, "pop_size", "must be even and >= 2")
+    try:
+        es.check(m.strategy, m.pop_size)
+    except ValueError as e:
+        raise config_lib.ConfigError(str(e)) from None
     check(m.generations >= 1, "generations", "must be >= 1")
     check(m.sigma > 0 and m.lr > 0, "sigma / meta.lr", "must be > 0")
     check(0 < m.sigma_decay <= 1, "sigma_decay", "must be in (0, 1]")
@@ -268,17 +270,9 @@ def _evaluate(programs, mode, params, steps, reused) -> population.InnerResult:
 def _warm_base(cfg, model, obj, td, tokenizer, log):
     """The supervised warm-up of train.py, once: the shared base policy and reference of
     every member (deterministic in run.seed, so a resumed ES run gets the same base)."""
-    from gbmpo_jax import models, train
-    from gbmpo_jax.train_step import init_state
+    from gbmpo_jax import models, program, train
 
-    st = init_state(
-        model.params,
-        obj.optimizer,
-        obj.div_params,
-        cfg.objective.coef,
-        obj.step_cfg,
-        key=jax.random.fold_in(jax.random.key(cfg.run.seed), 0x10A),
-    )
+    st = program.init_state(cfg, model.params, obj)
     warm = train.supervised_warmup(cfg, st, obj, td, tokenizer, log)
     return models.Model(model.config, warm.frozen)  # full FT: frozen == params; LoRA: base
 

@@ -14,6 +14,7 @@ divergence and its parameters, advantage function and the sampling config.
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import zipfile
 from typing import Any, NamedTuple
@@ -21,11 +22,10 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from gbmpo_jax import advantages, char_tokenizer, divergences, lora, models, presets
+from gbmpo_jax import advantages, char_tokenizer, divergences, models, presets, seeds
 from gbmpo_jax.config import Config, ConfigError
 from gbmpo_jax.logprobs import SplitHead
-from gbmpo_jax.losses import LossConfig
-from gbmpo_jax.optim import OptimConfig, make_optimizer
+from gbmpo_jax.optim import make_optimizer
 from gbmpo_jax.sampling import SamplingConfig, default_stop_token_ids
 from gbmpo_jax.train_step import StepConfig
 
@@ -86,7 +86,7 @@ def load_model_and_tokenizer(cfg: Config):
             eos_token_id=(tokenizer.eos_token_id,),
             pad_token_id=tokenizer.pad_token_id,
         )
-        key = jax.random.fold_in(jax.random.key(cfg.run.seed), 0x5EED)
+        key = seeds.key(cfg.run.seed, seeds.MODEL_INIT)
         return models.init_model(mc, key, cfg.model.dtype), tokenizer
     model = models.load_pretrained(
         resolve_model_path(cfg.model.path),
@@ -167,83 +167,27 @@ def resolved_scale_rewards(cfg: Config) -> str:
 
 
 def build_objective(cfg: Config, model_config, tokenizer) -> Objective:
+    """The run's pure pieces. The config sections are passed as they are; what this adds is
+    only what the config cannot know: the tokenizer's stop and pad ids (rollout), the
+    schedule's length (optim) and the divergence's parameters (objective)."""
     o, r = cfg.objective, cfg.rollout
     options = {"init": o.mirror_init} if o.divergence == "neural_mirror" else {}
     div = divergences.get(o.divergence, **options)
     if o.mirror_params_path:
-        if o.divergence != "neural_mirror":
-            raise ConfigError(
-                "objective.mirror_params_path needs objective.divergence=neural_mirror"
-            )
         div_params = load_mirror_params(o.mirror_params_path)
     else:
         div_params = div.init_params(jax.random.key(cfg.run.seed))
-    lora_cfg = (
-        lora.LoraConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=cfg.lora.targets)
-        if cfg.lora.rank
-        else None
-    )
-    step_cfg = StepConfig(
-        loss=LossConfig(
-            loss_type=o.loss_type,
-            epsilon_low=o.epsilon_low,
-            epsilon_high=o.epsilon_high,
-            importance_sampling=o.importance_sampling,
-            max_completion_length=r.max_new_tokens,
-            mask_truncated_completions=o.mask_truncated_completions,
-            use_bias_correction_kl=o.use_bias_correction_kl,
-        ),
-        group_size=r.group_size,
-        temperature=r.temperature,
-        mu=o.mu,
-        micro_batches=o.micro_batches,
-        lora=lora_cfg,
-        logprob_chunk=o.logprob_chunk,
-    )
-    op = cfg.optim
-    optimizer = make_optimizer(
-        OptimConfig(
-            learning_rate=op.lr,
-            schedule=op.schedule,
-            total_steps=max(cfg.run.steps * o.mu, 1),
-            warmup_ratio=op.warmup_ratio,
-            b1=op.b1,
-            b2=op.b2,
-            eps=op.eps,
-            weight_decay=op.weight_decay,
-            max_grad_norm=op.clip_norm or None,
-        )
-    )
-    stops = default_stop_token_ids(tokenizer, model_config)
+    stops = r.stop_token_ids or default_stop_token_ids(tokenizer, model_config)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    sampling = SamplingConfig(
-        max_new_tokens=r.max_new_tokens,
-        group_size=r.group_size,
-        temperature=r.temperature,
-        top_p=r.top_p,
-        top_k=r.top_k,
-        min_p=r.min_p,
-        repetition_penalty=r.repetition_penalty,
-        min_new_tokens=r.min_new_tokens,
-        stop_token_ids=stops,
-        pad_token_id=pad,
-    )
-    eval_sampling = SamplingConfig(
-        max_new_tokens=r.max_new_tokens,
-        group_size=1,
-        temperature=r.temperature,
-        greedy=True,
-        stop_token_ids=stops,
-        pad_token_id=pad,
-    )
+    sampling = dataclasses.replace(r, stop_token_ids=stops, pad_token_id=pad)
+    # evaluation decodes greedily, one completion per prompt, without the training-time
+    # sampling filters (the temperature only scales the returned log-probs)
+    eval_sampling = dataclasses.replace(
+        sampling, group_size=1, greedy=True, top_p=1.0, top_k=0, min_p=0.0,
+        repetition_penalty=1.0, min_new_tokens=0,
+    )  # fmt: skip
+    step_cfg = StepConfig(o, sampling, cfg.lora if cfg.lora.enabled else None)
+    optimizer = make_optimizer(cfg.optim, total_steps=max(cfg.run.steps * o.mu, 1))
     adv = advantages.get(o.advantage, scale_rewards=resolved_scale_rewards(cfg))
-    return Objective(
-        make_apply_fn(model_config),
-        step_cfg,
-        optimizer,
-        div,
-        div_params,
-        adv,
-        sampling,
-        eval_sampling,
-    )
+    return Objective(make_apply_fn(model_config), step_cfg, optimizer, div, div_params, adv,
+                     sampling, eval_sampling)  # fmt: skip

@@ -7,13 +7,12 @@ random numbers: at inner step t every member gets the same prompts (`TrainData.b
 and the same sampling key ``fold_in(key(run.seed), t)`` (the keys train.py uses), so fitness
 differences come from the mirror maps, not from the draw.
 
-The stacked state has a leading member axis on everything a member owns (params, optimizer
-state, div_params, counters); the frozen reference and the coefficient are shared
-(``in_axes=None``), so P members cost P policies, not 2P. Per inner step, for all members in
-one jitted program each: (1) the vmapped pure rollout (`sampling.rollout`, shared prompts and
-key), (2) rewards on the host (decode + task reward), (3) the vmapped update
-(`train_step.make_update(jit=False)` with advantages inside). Fitness: greedy accuracy
-(binary reward, pass@1 for code) on the fixed validation subset (`TrainData.eval_examples`).
+The inner step is the step program of train.py (`program.make_program(members=True)` +
+`program.make_step`): the same pure functions vmapped over a leading member axis of the
+state (params, optimizer state, div_params, counters); the frozen reference and the
+coefficient are shared (``in_axes=None``), so P members cost P policies, not 2P. Fitness:
+greedy accuracy (binary reward, pass@1 for code) on the fixed validation subset
+(`TrainData.eval_examples`).
 
 Modes (`run_population(..., mode)`), same fitness for the same seeds:
   * ``vmap``: all P members in one program per step on the default device.
@@ -27,10 +26,6 @@ Measured (bench/es_bench.py, 2-core shared CPU, P=8): vmap is not faster than se
 there (demo model 13.1 s vs 11.9 s per inner step, compute-bound; tiny model 0.4-1.2x, noisy),
 so on CPU `sequential` is as good; vmap's gain is expected where one member underuses the
 device (accelerators), not yet measured.
-
-Deviation: the old / reference log-probs are computed inside the vmapped update (the
-state-at-start-of-update definition of train.py), not in a separate program overlapping the
-rewards.
 """
 
 from __future__ import annotations
@@ -45,8 +40,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as PS
 
-from gbmpo_jax import episodes, models, sampling
-from gbmpo_jax.train_step import TrainState, init_state, make_update, policy_params
+from gbmpo_jax import episodes, program
 
 MODES = ("vmap", "mesh", "sequential")
 
@@ -62,16 +56,6 @@ class Programs(NamedTuple):
     evaluate: Any  # (states) -> InnerResult without the inner/* training aux
 
 
-def _state_axes(state: TrainState) -> TrainState:
-    """vmap axes: 0 for what a member owns, None for the shared reference and coefficient."""
-    zero = lambda t: jax.tree.map(lambda _: 0, t)  # noqa: E731
-    return TrainState(
-        step=0, params=zero(state.params), opt_state=zero(state.opt_state),
-        frozen=jax.tree.map(lambda _: None, state.frozen), div_params=zero(state.div_params),
-        div_coef=None, skipped_in_row=0, skipped_total=0,
-    )  # fmt: skip
-
-
 def pop_mesh(pop_size: int, devices=None) -> Mesh:
     """(pop, data) mesh: the largest pop axis that divides both P and the device count."""
     devices = list(devices if devices is not None else jax.devices())
@@ -82,16 +66,13 @@ def pop_mesh(pop_size: int, devices=None) -> Mesh:
 
 
 def make_programs(cfg, model, tokenizer, obj, td: episodes.TrainData, mesh: Mesh | None = None):
-    """Builds the jitted population programs for the run config ``cfg`` (see module doc)."""
-    mc, scfg = model.config, obj.step_cfg
-    base = init_state(
-        model.params, obj.optimizer, obj.div_params, cfg.objective.coef, scfg,
-        key=jax.random.fold_in(jax.random.key(cfg.run.seed), 0x10A),
-    )  # fmt: skip
-    axes = _state_axes(base)
-    update = make_update(obj.apply_fn, obj.divergence, obj.optimizer, scfg, jit=False)
-    base_key = jax.random.key(cfg.run.seed)
-    n_prompts, g = cfg.rollout.prompts_per_step, cfg.rollout.group_size
+    """The population programs for the run config ``cfg`` (see module doc): the step program
+    of `program.py` vmapped over members, and greedy fitness."""
+    mc = model.config
+    base = program.init_state(cfg, model.params, obj)
+    axes = program.member_axes(base)
+    prog = program.make_program(mc, obj, dtype=cfg.model.dtype, members=True, base_state=base)
+    step = program.make_step(prog, cfg, td, tokenizer, obj.sampling)
     max_prompt = cfg.task.max_prompt_len
     pad = obj.sampling.pad_token_id
 
@@ -120,51 +101,10 @@ def make_programs(cfg, model, tokenizer, obj, td: episodes.TrainData, mesh: Mesh
         )  # fmt: skip
         return put_state(st)
 
-    def make_roll(sc):
-        def one(trainable, frozen, ids, mask, key):
-            # the sampler reads the policy in the model's dtype (float32 master weights)
-            pol = policy_params(trainable, frozen, scfg, dtype=cfg.model.dtype)
-            return sampling.rollout(models.Model(mc, pol), ids, mask, key, sc)
-
-        return jax.jit(jax.vmap(one, in_axes=(0, None, None, None, None)))
-
-    roll, roll_greedy = make_roll(obj.sampling), make_roll(obj.eval_sampling)
-
-    def upd(state, batch, rewards, key):
-        adv, _ = obj.advantage_fn(rewards, g)
-        return update(state, dict(batch, advantages=adv), key)
-
-    step_fn = jax.jit(
-        jax.vmap(upd, in_axes=(axes, 0, 0, None), out_axes=(axes, 0)), donate_argnums=0
-    )
-
-    def decode(out, i):
-        return [
-            tokenizer.decode(out.tokens[i, r, : out.lengths[i, r]].tolist(),
-                             skip_special_tokens=True)
-            for r in range(out.tokens.shape[1])
-        ]  # fmt: skip
-
-    def inner_step(states, step: int):
-        examples = td.batch(step, n_prompts)
-        ids, mask = episodes.encode_prompts(tokenizer, [e.prompt for e in examples],
-                                            max_prompt, pad, td.chat_kwargs)  # fmt: skip
-        key = jax.random.fold_in(base_key, step)
-        out = jax.device_get(roll(states.params, states.frozen, ids, mask, key))
-        p = out.tokens.shape[0]
-        rows = episodes._repeat(examples, g)
-        rewards = np.stack([td.rewards(decode(out, i), rows) for i in range(p)])
-        batch = {
-            "input_ids": np.concatenate([out.prompt_ids, out.tokens], axis=2),
-            "attention_mask": np.concatenate([out.prompt_mask, out.mask], axis=2),
-            "completion_mask": out.mask,
-            "truncated": out.truncated,
-        }
-        batch = jax.tree.map(lambda x: put(jnp.asarray(x), True), batch)
-        states, m = step_fn(states, batch, put(jnp.asarray(rewards), True),
-                            jax.random.fold_in(key, 1))  # fmt: skip
-        m = {k: np.asarray(v) for k, v in jax.device_get(m).items()}
-        m["rollout/reward_mean"] = rewards.mean(axis=1)
+    def inner_step(states, t: int):
+        states, out = step(states, t)
+        m = dict(out.metrics)
+        m["rollout/reward_mean"] = out.rewards.mean(axis=1)
         return states, m
 
     def evaluate(states) -> InnerResult:
@@ -181,10 +121,12 @@ def make_programs(cfg, model, tokenizer, obj, td: episodes.TrainData, mesh: Mesh
             convs = [e.prompt for e in chunk] + [chunk[-1].prompt] * (bs - len(chunk))
             ids, mask = episodes.encode_prompts(tokenizer, convs, max_prompt, pad,
                                                 td.chat_kwargs)  # fmt: skip
-            out = jax.device_get(roll_greedy(states.params, states.frozen, ids, mask,
-                                             jax.random.key(0)))  # fmt: skip
+            out = jax.device_get(prog.rollout(states, ids, mask, jax.random.key(0),
+                                              obj.eval_sampling))  # fmt: skip
             for i in range(out.tokens.shape[0]):
-                texts = decode(out, i)[: len(chunk)]
+                texts = [tokenizer.decode(out.tokens[i, r, : out.lengths[i, r]].tolist(),
+                                          skip_special_tokens=True)
+                         for r in range(len(chunk))]  # fmt: skip
                 r = np.asarray(td.task.rewards(texts, chunk, **kw), np.float32)
                 acc.append((i, r))
                 lengths.append((i, out.lengths[i, : len(chunk)]))

@@ -19,8 +19,12 @@ import datetime
 import json
 import pathlib
 
-from gbmpo_jax import data
+import jax
+
+from gbmpo_jax import checkpoint, data, episodes, errors, models, policy, program
+from gbmpo_jax import config as config_lib
 from gbmpo_jax import evaluate as evaluate_lib
+from gbmpo_jax.train_step import policy_params
 
 TRAIN_EVAL_BATCH = 16  # episodes.evaluate's batch size in the training loop
 
@@ -41,9 +45,6 @@ def is_run_dir(path) -> bool:
 
 def run_config(run_dir: pathlib.Path, args: argparse.Namespace):
     """The run's config with the evaluation flags that were given applied on top."""
-    from gbmpo_jax import config as config_lib
-    from gbmpo_jax import errors
-
     with errors.phase(f"{run_dir / 'config.json'}", "is this a training run directory?"):
         cfg = config_lib.from_dict(json.loads((run_dir / "config.json").read_text()))
     t = cfg.task
@@ -70,11 +71,6 @@ def run_config(run_dir: pathlib.Path, args: argparse.Namespace):
 
 def load_run_policy(run_dir: pathlib.Path, cfg, log=print):
     """(model, tokenizer): the export if present, else the newest checkpoint that verifies."""
-    import jax
-
-    from gbmpo_jax import checkpoint, errors, models, policy
-    from gbmpo_jax.train_step import init_state, policy_params
-
     export = run_dir / "export"
     if export.is_dir():
         with errors.phase(f"{export}", "re-export the run or evaluate its checkpoints"):
@@ -85,10 +81,7 @@ def load_run_policy(run_dir: pathlib.Path, cfg, log=print):
         return model, tok
     model, tok = policy.load_model_and_tokenizer(cfg)
     obj = policy.build_objective(cfg, model.config, tok)
-    state = init_state(
-        model.params, obj.optimizer, obj.div_params, cfg.objective.coef, obj.step_cfg,
-        key=jax.random.fold_in(jax.random.key(cfg.run.seed), 0x10A),
-    )  # fmt: skip
+    state = program.init_state(cfg, model.params, obj)
     ckpt = checkpoint.Checkpointer(run_dir / "checkpoints")
     try:
         step = ckpt.latest_good_step(log, reject=False)  # read-only: never moves run files
@@ -107,10 +100,6 @@ def load_run_policy(run_dir: pathlib.Path, cfg, log=print):
 
 def run(args: argparse.Namespace, log=print) -> dict:
     """`evaluate` on a run directory (see the module docstring); writes records and summary."""
-    import jax
-
-    from gbmpo_jax import episodes, errors, policy
-
     run_dir = pathlib.Path(args.model).expanduser()
     cfg, trained = run_config(run_dir, args)
     default = run_dir / "evals" / f"{datetime.datetime.now():%Y%m%d-%H%M%S}_{cfg.task.eval_split}"

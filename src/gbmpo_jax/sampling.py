@@ -62,7 +62,9 @@ END_OF_TURN_TOKENS: tuple[str, ...] = (
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-    """Static sampling settings (hashable: a static argument of the jitted rollout).
+    """Static sampling settings (hashable: a static argument of the jitted rollout); also the
+    run config's ``rollout`` section (`config.Config`), where stop_token_ids () and
+    pad_token_id are filled from the tokenizer (`policy.build_objective`).
 
     max_new_tokens: T, completion length budget.    group_size: G samples per prompt.
     temperature > 0 (also scales the returned log-probs when greedy).
@@ -71,9 +73,11 @@ class SamplingConfig:
     min_new_tokens: stop tokens are banned before this many new tokens.
     greedy: argmax instead of sampling.   stop_token_ids: EOS and end-of-turn ids.
     pad_token_id: written after a row stops.   cache_dtype: None = the model's compute dtype.
+    prompts_per_step: prompts of one training step (the run's batch is prompts x G rows);
+    the sampler itself takes whatever prompts it is given.
     """
 
-    max_new_tokens: int
+    max_new_tokens: int = 256
     group_size: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
@@ -85,18 +89,22 @@ class SamplingConfig:
     stop_token_ids: tuple[int, ...] = ()
     pad_token_id: int = 0
     cache_dtype: str | None = None
+    prompts_per_step: int = 1
 
     def __post_init__(self):
         def bad(field, value, fix):
-            raise ValueError(f"SamplingConfig.{field}={value!r} is invalid: {fix}")
+            raise ValueError(f"{field}={value!r}: {fix}")
 
-        ints = ("max_new_tokens", "group_size", "top_k", "min_new_tokens", "pad_token_id")
+        ints = ("max_new_tokens", "group_size", "top_k", "min_new_tokens", "pad_token_id",
+                "prompts_per_step")  # fmt: skip
         for name in ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer):
                 bad(name, value, "pass a Python int")
         if self.max_new_tokens < 1:
             bad("max_new_tokens", self.max_new_tokens, "must be >= 1")
+        if self.prompts_per_step < 1:
+            bad("prompts_per_step", self.prompts_per_step, "must be >= 1")
         if self.group_size < 1:
             bad("group_size", self.group_size, "must be >= 1 (samples per prompt)")
         if not self.temperature > 0:

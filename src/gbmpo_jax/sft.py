@@ -21,9 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gbmpo_jax import checkpoint, episodes
+from gbmpo_jax import checkpoint, episodes, program
 from gbmpo_jax import config as config_lib
-from gbmpo_jax.train_step import init_state
 
 WARMUP_CKPT = "warmup_checkpoint"  # in the run directory, only while a warm-up is interrupted
 
@@ -49,6 +48,16 @@ def make_sft_step(apply_fn, optimizer: optax.GradientTransformation):
     return jax.jit(step, donate_argnums=(0, 1))
 
 
+# warmup.schedule: name -> (peak lr, steps) -> learning rate or optax schedule
+SCHEDULES = {
+    # linear ramp over the first 5% of steps, cosine decay to 10% of lr at the end
+    "cosine": lambda lr, steps: optax.warmup_cosine_decay_schedule(
+        0.0, lr, max(steps // 20, 1), max(steps, 2), end_value=0.1 * lr
+    ),
+    "constant": lambda lr, steps: lr,
+}
+
+
 def supervised_warmup(cfg, state, obj, task, tokenizer, log, *, workdir=None, preempted=None):
     """Supervised warm-up on gold completions; the result is also the frozen reference.
 
@@ -56,12 +65,7 @@ def supervised_warmup(cfg, state, obj, task, tokenizer, log, *, workdir=None, pr
     state (parameters, Adam moments, the data-sampling RNG) to `workdir/warmup_checkpoint` and
     returns None; the next call continues from there bit-identically."""
     w = cfg.warmup
-    if w.schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(
-            0.0, w.lr, max(w.steps // 20, 1), max(w.steps, 2), end_value=0.1 * w.lr
-        )
-    else:
-        lr = w.lr
+    lr = SCHEDULES[w.schedule](w.lr, w.steps)
     opt = optax.adamw(lr, weight_decay=w.weight_decay) if w.weight_decay else optax.adam(lr)
     params = state.params if obj.step_cfg.lora is None else state.frozen
     step_fn = make_sft_step(obj.apply_fn, opt)
@@ -94,7 +98,4 @@ def supervised_warmup(cfg, state, obj, task, tokenizer, log, *, workdir=None, pr
     finally:
         if saver is not None:
             saver.close()
-    return init_state(
-        params, obj.optimizer, state.div_params, state.div_coef, obj.step_cfg,
-        key=jax.random.fold_in(jax.random.key(cfg.run.seed), 0x10A),
-    )  # fmt: skip
+    return program.init_state(cfg, params, obj)

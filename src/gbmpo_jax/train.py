@@ -39,7 +39,6 @@ import threading
 import time
 
 import jax
-import jax.numpy as jnp
 
 from gbmpo_jax import (
     checkpoint,
@@ -56,15 +55,9 @@ from gbmpo_jax import (
 )
 from gbmpo_jax import config as config_lib
 from gbmpo_jax import mesh as mesh_lib
+from gbmpo_jax import program as program_lib
 from gbmpo_jax.sft import WARMUP_CKPT, supervised_warmup
-from gbmpo_jax.train_step import (
-    check_skips,
-    init_state,
-    make_compute_logprobs,
-    make_update,
-    on_policy,
-    policy_params,
-)
+from gbmpo_jax.train_step import check_skips
 
 DONE_MARKER = "DONE"
 
@@ -165,36 +158,18 @@ def _run(cfg: config_lib.Config, workdir: pathlib.Path, log, preempted: _Preempt
     n_dev = cfg.mesh.num_devices
     mesh = mesh_lib.setup(cfg.mesh, jax.devices() if n_dev == -1 else jax.devices()[:n_dev])
     mesh_lib.check_rows(rows, mesh, "rollout.prompts_per_step x rollout.group_size")
-    base_key = jax.random.key(cfg.run.seed)
-    state = init_state(
-        model.params, obj.optimizer, obj.div_params, cfg.objective.coef, obj.step_cfg,
-        key=jax.random.fold_in(base_key, 0x10A),
-    )  # fmt: skip
+    state = program_lib.init_state(cfg, model.params, obj)
     state, state_sh = mesh_lib.shard_state(state, mc, mesh, lora_cfg=obj.step_cfg.lora)
     del model  # its params now live (sharded) in the state
-    compute_logprobs = mesh_lib.jit_logprobs(
-        make_compute_logprobs(
-            obj.apply_fn, obj.step_cfg, policy=not on_policy(obj.step_cfg), jit=False
-        ),
-        state_sh,
-        mesh,
-    )
-    update = mesh_lib.jit_update(
-        make_update(obj.apply_fn, obj.divergence, obj.optimizer, obj.step_cfg, jit=False),
-        state_sh,
-        mesh,
-    )
-    params_sh = mesh_lib.param_shardings(mc, mesh)
+    # the one step program (program.py), compiled for a single run on the mesh
+    prog = program_lib.make_program(mc, obj, dtype=cfg.model.dtype, mesh=mesh,
+                                    state_sh=state_sh)  # fmt: skip
+    rl_step = program_lib.make_step(prog, cfg, task, tokenizer, obj.sampling, mesh=mesh)
     # the sampler, evaluation and export read the policy in the model's dtype (e.g. bf16),
-    # cast once per step from the float32 master weights
-    merged = jax.jit(
-        lambda st: policy_params(st.params, st.frozen, obj.step_cfg, dtype=cfg.model.dtype),
-        out_shardings=params_sh,
-    )
-    generate = mesh_lib.jit_rollout(mesh, params_sh)
+    # cast once from the float32 master weights
+    merged = prog.policy
     # Evaluation decodes on every host; multi-host runs evaluate with the local sampler.
-    eval_generate = generate if jax.process_count() == 1 else None
-    adv_fn = jax.jit(obj.advantage_fn, static_argnums=1)
+    eval_generate = prog.generate if jax.process_count() == 1 else None
     ckpt = checkpoint.Checkpointer(
         workdir / "checkpoints",
         keep=cfg.run.keep,
@@ -279,47 +254,26 @@ def _run(cfg: config_lib.Config, workdir: pathlib.Path, log, preempted: _Preempt
     try:
         for step in range(start + 1, cfg.run.steps + 1 if not preempted.flag else start + 1):
             t0 = time.monotonic()
-            key_roll = jax.random.fold_in(base_key, step)
-            examples = task.batch(step, cfg.rollout.prompts_per_step)
-            pol = models.Model(mc, merged(state))
-            ep = episodes.rollout(pol, tokenizer, examples, obj.sampling, key_roll,
-                                  cfg.task.max_prompt_len, generate=generate,
-                                  mesh=mesh, chat_kwargs=task.chat_kwargs)  # fmt: skip
-            t_gen = time.monotonic()
-            # Dispatch the log-prob pass first: JAX runs it while the host scores rewards.
-            old_lp, ref_lp, _ = compute_logprobs(
-                state, ep.batch["input_ids"], ep.batch["attention_mask"], ep.num_completion_tokens
-            )
-            rewards = task.rewards(ep.texts, ep.examples)  # this host's rows only
-            t_rew = time.monotonic()
-            if jax.process_count() > 1:
-                all_rewards = mesh_lib.global_batch_from_host_rows(rewards, mesh, rows)
-            else:
-                all_rewards = jnp.asarray(rewards, jnp.float32)
-            adv, adv_metrics = adv_fn(all_rewards, cfg.rollout.group_size)
-            batch = dict(ep.batch, ref_logp=ref_lp, advantages=adv)
-            if old_lp is not None:  # None when mu == 1: the update uses its own forward
-                batch["old_logp"] = old_lp
-            state, m = update(state, batch, jax.random.fold_in(key_roll, 1))
-            m = jax.device_get(m)
+            state, out = rl_step(state, step)
             t_end = time.monotonic()
+            m = dict(out.metrics)
             check_skips(m, cfg.run.max_skipped_in_row)
-            m.update({k: float(v) for k, v in jax.device_get(adv_metrics).items()})
-            m.update(episodes.rollout_metrics(ep, rewards))
-            n_tok = int(ep.lengths.sum())
+            m.update(program_lib.rollout_metrics(out))
             m.update({
                 "perf/step_s": t_end - t0,
-                "perf/rollout_s": t_gen - t0,
-                "perf/reward_s": t_rew - t_gen,
-                "perf/update_s": t_end - t_rew,
-                "perf/rollout_tokens_per_s": n_tok / max(t_gen - t0, 1e-9),
+                "perf/rollout_s": out.times["rollout_s"],
+                "perf/reward_s": out.times["reward_s"],
+                "perf/update_s": out.times["update_s"],
+                "perf/rollout_tokens_per_s": int(out.lengths.sum())
+                / max(out.times["rollout_s"], 1e-9),
             })  # fmt: skip
+            rewards, texts = out.rewards[0], out.texts[0]
             if step % cfg.run.log_every == 0 or step == cfg.run.steps:
                 writer.scalars(step, m)
                 writer.histogram(step, "rollout/rewards", rewards)
-                writer.histogram(step, "rollout/lengths", ep.lengths)
-                for i in range(min(cfg.run.samples_to_log, len(ep.texts))):
-                    writer.text(step, f"samples/{i}", ep.texts[i])
+                writer.histogram(step, "rollout/lengths", out.lengths[0])
+                for i in range(min(cfg.run.samples_to_log, len(texts))):
+                    writer.text(step, f"samples/{i}", texts[i])
             progress.update(
                 step, reward=m["rollout/reward_mean"], tok_s=m["perf/rollout_tokens_per_s"]
             )

@@ -43,36 +43,45 @@ import jax.numpy as jnp
 import optax
 
 from gbmpo_jax import lora as lora_lib
-from gbmpo_jax.advantages import advantage_metrics
 from gbmpo_jax.divergences import Divergence
 from gbmpo_jax.logprobs import completion_logprobs, token_logprobs  # noqa: F401 (re-export)
-from gbmpo_jax.losses import LossConfig, loss_fn, loss_mask, token_weights
+from gbmpo_jax.losses import ObjectiveConfig, loss_fn, loss_mask, token_weights
 from gbmpo_jax.optim import Optimizer
+from gbmpo_jax.sampling import SamplingConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-    loss: LossConfig = LossConfig()
-    group_size: int = 4
-    temperature: float = 1.0
-    mu: int = 1  # optimizer steps per update (inner iterations on stored old log-probs)
-    micro_batches: int = 1
+    """The update's static settings: the run config's own sections, referenced, not copied
+    (objective: loss, mu, micro-batches, log-prob chunk; rollout: G and the temperature the
+    log-probs are taken at; lora: adapters or None for full fine-tuning)."""
+
+    objective: ObjectiveConfig = ObjectiveConfig()
+    rollout: SamplingConfig = SamplingConfig(group_size=4)
     lora: lora_lib.LoraConfig | None = None
-    # tokens (all rows of a micro-batch together) per lm_head + log-softmax chunk for a
-    # SplitHead model; 0 = the full [N,T,V] logits. Static: it sets the chunk shapes.
-    logprob_chunk: int = 512
 
     def __post_init__(self):
-        if self.mu < 1:
-            raise ValueError(f"mu={self.mu} must be >= 1")
-        if self.micro_batches < 1:
-            raise ValueError(f"micro_batches={self.micro_batches} must be >= 1")
-        if self.logprob_chunk < 0:
-            raise ValueError(f"logprob_chunk={self.logprob_chunk} must be >= 0 (0 = unchunked)")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature={self.temperature} must be > 0")
-        if self.group_size < 2:
-            raise ValueError(f"group_size={self.group_size} must be >= 2")
+        if self.rollout.group_size < 2:
+            raise ValueError(f"group_size={self.rollout.group_size} must be >= 2 (group-relative "
+                             "advantages)")  # fmt: skip
+        if self.lora is not None and not self.lora.enabled:
+            raise ValueError("lora has rank 0: pass lora=None for full fine-tuning")
+
+    # the names the update reads
+    loss = property(lambda self: self.objective)
+    group_size = property(lambda self: self.rollout.group_size)
+    temperature = property(lambda self: self.rollout.temperature)
+    mu = property(lambda self: self.objective.mu)
+    micro_batches = property(lambda self: self.objective.micro_batches)
+    logprob_chunk = property(lambda self: self.objective.logprob_chunk)
+
+
+def step_config(*, group_size: int = 4, temperature: float = 1.0,
+                lora: lora_lib.LoraConfig | None = None, **objective) -> StepConfig:  # fmt: skip
+    """A StepConfig for using the update on its own (a user's loop, tests, benchmarks):
+    `losses.ObjectiveConfig` fields by name, plus G, the sampling temperature and LoRA."""
+    return StepConfig(ObjectiveConfig(**objective),
+                      SamplingConfig(group_size=group_size, temperature=temperature), lora)  # fmt: skip
 
 
 @jax.tree_util.register_dataclass
@@ -308,7 +317,6 @@ def make_update(
             "train/skipped_steps": state.skipped_total.astype(jnp.float32),
             "train/skipped_in_row": state.skipped_in_row.astype(jnp.float32),
         }
-        metrics.update(advantage_metrics(batch["advantages"], cfg.group_size))
         return state, metrics
 
     return jax.jit(update, donate_argnums=0) if jit else update

@@ -9,6 +9,9 @@ that runs inside it).
 from gbmpo_jax.rewards.code import build_program, code_rewards, extract_code
 from gbmpo_jax.rewards.math import extract_answer, gsm8k_reward
 from gbmpo_jax.rewards.sandbox import (
+    SANDBOX_MODES as SANDBOXES,
+)
+from gbmpo_jax.rewards.sandbox import (
     CodeJob,
     CodeResult,
     Limits,
@@ -17,7 +20,12 @@ from gbmpo_jax.rewards.sandbox import (
     run_tests,
 )
 
+# task.reward of code tasks: every assert passes (1/0) | the fraction of asserts passed
+REWARD_MODES = ("binary", "partial")
+
 __all__ = [
+    "REWARD_MODES",
+    "SANDBOXES",
     "CodeJob",
     "CodeResult",
     "Limits",

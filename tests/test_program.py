@@ -1,0 +1,104 @@
+"""The one step program (gbmpo_jax.program): a population member runs training's step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gbmpo_jax import config as C
+from gbmpo_jax import episodes, es, policy, program, seeds
+from gbmpo_jax import mesh as mesh_lib
+
+
+class DigitTask:
+    """Dense reward (fraction of digit characters), so a random tiny model gets non-zero
+    advantages and the update moves the params."""
+
+    kind = "math"
+
+    def rewards(self, texts, examples, **kw):
+        return [sum(ch.isdigit() for ch in t) / max(len(t), 1) for t in texts]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = C.validate(C.override(C.Config(), **{
+        "model.path": "random", "model.random_shape": "tiny", "model.tokenizer": "char",
+        "task.name": "arithmetic", "task.eval_size": 4, "task.max_prompt_len": 32,
+        "rollout.prompts_per_step": 2, "rollout.group_size": 2, "rollout.max_new_tokens": 4,
+        "rollout.temperature": 1.0, "objective.divergence": "neural_mirror",
+        "objective.coef": 10.0, "objective.mask_truncated_completions": False,
+        "optim.lr": 1e-2, "optim.schedule": "constant", "optim.warmup_ratio": 0.0,
+        "run.steps": 2,
+    }))  # fmt: skip
+    model, tok = policy.load_model_and_tokenizer(cfg)
+    obj = policy.build_objective(cfg, model.config, tok)
+    td = episodes.TrainData.from_config(cfg, tok)
+    td.task = DigitTask()
+    return cfg, model, tok, obj, td
+
+
+def _single_run(cfg, model, tok, obj, td, steps):
+    mesh = mesh_lib.setup(cfg.mesh, jax.devices()[:1])
+    # float32 master weights alias the given params and the step donates them: pass a copy
+    params = jax.tree.map(jnp.copy, model.params)
+    state, sh = mesh_lib.shard_state(program.init_state(cfg, params, obj), model.config, mesh)
+    prog = program.make_program(model.config, obj, mesh=mesh, state_sh=sh)
+    step = program.make_step(prog, cfg, td, tok, obj.sampling, mesh=mesh)
+    outs = []
+    for t in range(1, steps + 1):
+        state, out = step(state, t)
+        outs.append(out)
+    return state, outs
+
+
+def test_population_member_equals_the_training_step(setup):
+    """Member 0 of a vmapped population (its mirror map = the run's) follows the single
+    run's trajectory: same prompts, keys, completions, rewards and updates."""
+    cfg, model, tok, obj, td = setup
+    state, outs = _single_run(cfg, model, tok, obj, td, 2)
+    base = program.init_state(cfg, model.params, obj)
+    other = es.mirror_adapter()
+    z = other.from_params(jax.device_get(obj.div_params))
+    div = other.to_params(np.stack([z, z + 1.5]))  # member 1: another map
+    members = jax.tree.map(lambda x: np.repeat(np.asarray(x)[None], 2, axis=0), base)
+    members = members.__class__(**{**members.__dict__, "frozen": base.frozen,
+                                   "div_coef": base.div_coef, "div_params": div})  # fmt: skip
+    prog = program.make_program(model.config, obj, members=True, base_state=base)
+    step = program.make_step(prog, cfg, td, tok, obj.sampling)
+    for t in range(1, 3):
+        members, out = step(members, t)
+        single = outs[t - 1]
+        assert out.texts[0] == single.texts[0], t
+        np.testing.assert_array_equal(out.rewards[0], single.rewards[0])
+        for k in ("train/loss", "train/grad_norm", "adv/std", "div/mean"):
+            np.testing.assert_allclose(out.metrics[k][0], single.metrics[k], rtol=1e-4,
+                                       atol=1e-7, err_msg=k)  # fmt: skip
+    for a, b in zip(jax.tree.leaves(members.params), jax.tree.leaves(state.params), strict=True):
+        np.testing.assert_allclose(np.asarray(a)[0], np.asarray(b), rtol=1e-4, atol=1e-6)
+    moved = [np.abs(np.asarray(a)[0] - np.asarray(a)[1]).max()
+             for a in jax.tree.leaves(members.params)]  # fmt: skip
+    assert max(moved) > 1e-6  # the other map made member 1 differ
+
+
+def test_step_records_one_member_axis(setup):
+    cfg, model, tok, obj, td = setup
+    _, outs = _single_run(cfg, model, tok, obj, td, 1)
+    out = outs[0]
+    n = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+    assert out.rewards.shape == out.lengths.shape == out.truncated.shape == (1, n)
+    assert len(out.texts) == 1 and len(out.texts[0]) == n == len(out.examples)
+    assert {"train/loss", "adv/zero_std_frac", "adv/reward_mean"} <= set(out.metrics)
+    m = program.rollout_metrics(out)
+    assert m["rollout/reward_mean"] == pytest.approx(float(out.rewards.mean()))
+
+
+def test_named_seeds_are_distinct_streams():
+    names = ("MODEL_INIT", "STATE_INIT", "EVAL_SUBSET", "UPDATE")
+    assert len({getattr(seeds, n) for n in names}) == len(names)
+    a, b = seeds.key(0, seeds.MODEL_INIT), seeds.key(0, seeds.STATE_INIT)
+    assert not np.array_equal(jax.random.key_data(a), jax.random.key_data(b))
+    ref = jax.random.fold_in(jax.random.key(3), seeds.STATE_INIT)
+    np.testing.assert_array_equal(jax.random.key_data(seeds.key(3, seeds.STATE_INIT)),
+                                  jax.random.key_data(ref))  # fmt: skip
+
