@@ -25,7 +25,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import jax  # noqa: E402
 
 from gbmpo_jax import config as C  # noqa: E402
-from gbmpo_jax import episodes, es, meta, policy, population  # noqa: E402
+from gbmpo_jax import meta, policy
+from gbmpo_jax.es import population
+from gbmpo_jax.es import strategies as es
+from gbmpo_jax.tasks import episodes  # noqa: E402
 
 P = 8
 

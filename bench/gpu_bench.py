@@ -30,9 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench import common
-from gbmpo_jax import divergences, models, presets, sampling
-from gbmpo_jax.optim import OptimConfig, make_optimizer
-from gbmpo_jax.train_step import init_state, make_update, step_config
+from gbmpo_jax import models
+from gbmpo_jax.models import presets
+from gbmpo_jax.rl import divergences
+from gbmpo_jax.rl.optim import OptimConfig, make_optimizer
+from gbmpo_jax.rl.train_step import init_state, make_update, step_config
+from gbmpo_jax.sampler import sampling
 
 PROMPTS, PROMPT_LEN, QWEN_VOCAB, EOS, PAD = 4, 64, 151_936, 1, 0
 
@@ -99,8 +102,9 @@ def train_case(cfg, group: int, new_tokens: int, reps: int, peak: float, micro_r
                            mask_truncated_completions=False, group_size=group,
                            micro_batches=micro)  # fmt: skip
     div = divergences.get("kl")
-    opt = make_optimizer(OptimConfig(lr=1e-6, schedule="constant", warmup_ratio=0.0),
-                         total_steps=100)
+    opt = make_optimizer(
+        OptimConfig(lr=1e-6, schedule="constant", warmup_ratio=0.0), total_steps=100
+    )
     params = models.init_model(cfg, jax.random.key(0), dtype="float32").params
     state = init_state(params, opt, div.init_params(jax.random.key(2)), 0.04, step_cfg)
     del params

@@ -36,8 +36,11 @@ import numpy as np
 
 from bench import common
 from gbmpo_jax import config as C
-from gbmpo_jax import episodes, experiment, metrics, policy, program, train
-from gbmpo_jax import mesh as mesh_lib
+from gbmpo_jax import experiment, policy, train
+from gbmpo_jax.rl import placement, program
+from gbmpo_jax.scale import mesh as mesh_lib
+from gbmpo_jax.tasks import episodes
+from gbmpo_jax.workdir import metrics
 
 PAPER = [f"{t}_{d}" for t in ("gsm8k", "mbpp") for d in ("drgrpo", "probl2", "neural_mirror")]
 
@@ -79,7 +82,7 @@ def real_shape_run(exp: str, shape: str, steps: int, tiny: bool, peak_flops: flo
     td = episodes.TrainData.from_config(cfg, tok)
     mc = model.config
     mesh = mesh_lib.setup(cfg.mesh, jax.devices()[:1])
-    state, state_sh = mesh_lib.shard_state(program.init_state(cfg, model.params, obj), mc, mesh,
+    state, state_sh = placement.shard_state(program.init_state(cfg, model.params, obj), mc, mesh,
                                            lora_cfg=obj.step_cfg.lora)  # fmt: skip
     del model
     before = jax.device_get(state.params)

@@ -26,9 +26,11 @@ def temp_bytes(shape: str, chunk: int, rows: int, prompt: int, new: int) -> dict
     import jax
     import jax.numpy as jnp
 
-    from gbmpo_jax import divergences, models, policy, presets
-    from gbmpo_jax import train_step as ts
-    from gbmpo_jax.optim import OptimConfig, make_optimizer
+    from gbmpo_jax import models, policy
+    from gbmpo_jax.models import presets
+    from gbmpo_jax.rl import divergences
+    from gbmpo_jax.rl import train_step as ts
+    from gbmpo_jax.rl.optim import OptimConfig, make_optimizer
 
     mc = presets.model_config(shape, QWEN3_VOCAB, remat=shape != "qwen3-tiny")
     cfg = ts.step_config(max_completion_length=new, logprob_chunk=chunk)
@@ -65,7 +67,7 @@ def main(argv=None):
     ap.add_argument("--new", type=int, default=256)
     ap.add_argument("--chunk", type=int, default=0, help="chunk tokens (0: StepConfig default)")
     a = ap.parse_args(argv)
-    from gbmpo_jax.train_step import StepConfig
+    from gbmpo_jax.rl.train_step import StepConfig
 
     chunk = a.chunk or StepConfig().logprob_chunk
     logits = a.rows * a.new * QWEN3_VOCAB * 4

@@ -20,9 +20,9 @@ import os
 import statistics
 import time
 
-from gbmpo_jax.data import BUNDLED_DIR, read_rows
-from gbmpo_jax.rewards.math import gsm8k_reward
-from gbmpo_jax.rewards.sandbox import CodeJob, run_many
+from gbmpo_jax.tasks.data import BUNDLED_DIR, read_rows
+from gbmpo_jax.tasks.rewards.math import gsm8k_reward
+from gbmpo_jax.tasks.rewards.sandbox import CodeJob, run_many
 
 
 def _mbpp_jobs(n: int) -> list[CodeJob]:

@@ -32,7 +32,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gbmpo_jax import models, sampling  # noqa: E402
+from gbmpo_jax import models  # noqa: E402
+from gbmpo_jax.sampler import sampling
 
 PROMPTS, GROUP = 4, 8
 

@@ -58,7 +58,8 @@ def save_weights(shape: str, path: str, seed: int = 0):
     """Random-init model of preset ``shape`` saved as a HF directory; returns its config."""
     import jax
 
-    from gbmpo_jax import models, presets
+    from gbmpo_jax import models
+    from gbmpo_jax.models import presets
 
     cfg = presets.model_config(shape, VOCAB, eos_token_id=(EOS,), pad_token_id=PAD)
     models.save_pretrained(models.init_model(cfg, jax.random.key(seed)), path)
@@ -71,9 +72,11 @@ def ours_worker(model_dir: str, new_tokens: int, steps: int, seed: int) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from gbmpo_jax import advantages, divergences, models, policy, sampling
-    from gbmpo_jax.optim import OptimConfig, make_optimizer
-    from gbmpo_jax.train_step import init_state, make_compute_logprobs, make_update, step_config
+    from gbmpo_jax import models, policy
+    from gbmpo_jax.rl import advantages, divergences
+    from gbmpo_jax.rl.optim import OptimConfig, make_optimizer
+    from gbmpo_jax.rl.train_step import init_state, make_compute_logprobs, make_update, step_config
+    from gbmpo_jax.sampler import sampling
 
     model = models.load_pretrained(model_dir)
     mc = model.config

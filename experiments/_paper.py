@@ -29,7 +29,7 @@ QWEN3_TOKENIZER = pathlib.Path(__file__).resolve().parents[1] / "artifacts" / "q
 NO_THINKING = (("enable_thinking", "false"),)
 
 # Tasks whose CPU variants read the offline copy shipped with the package
-# (src/gbmpo_jax/bundled_data): only the sanitized MBPP ships, so `mbpp` becomes `mbpp_sanitized`.
+# (src/gbmpo_jax/tasks/bundled_data): only the sanitized MBPP ships, so `mbpp` becomes `mbpp_sanitized`.
 BUNDLED_TASK = {"gsm8k": "gsm8k", "mbpp": "mbpp_sanitized", "mbpp_sanitized": "mbpp_sanitized"}
 
 

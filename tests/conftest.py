@@ -1,6 +1,6 @@
 """Shared test set-up: 8 simulated CPU devices, no hub access, shared fixtures.
 
-Data comes from the copies that ship with the package (`gbmpo_jax/bundled_data`), so a clone
+Data comes from the copies that ship with the package (`gbmpo_jax/tasks/bundled_data`), so a clone
 with nothing beside it passes."""
 
 import os

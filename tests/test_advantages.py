@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from gbmpo_jax import advantages as adv
+from gbmpo_jax.rl import advantages as adv
 
 R = np.array([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0], np.float32)  # 3 x 4
 

@@ -8,7 +8,9 @@ import pathlib
 import numpy as np
 import pytest
 
-from gbmpo_jax import char_tokenizer, evaluate, lock, train
+from gbmpo_jax import evaluate, train
+from gbmpo_jax.models import char_tokenizer
+from gbmpo_jax.workdir import lock
 
 # A one-device smoke run: every case below fails before the first compile.
 BASE = ["--exp", "default:smoke", "mesh.num_devices=1", "warmup.steps=0"]
@@ -225,7 +227,8 @@ def test_evaluate_never_overwrites_a_result(tmp_path, capsys):
 
 def test_eval_size_zero_is_an_explicit_logged_choice(tmp_path):
     """The same empty validation split trains when evaluation is switched off, and says so."""
-    from gbmpo_jax import config, experiment, metrics
+    from gbmpo_jax import config, experiment
+    from gbmpo_jax.workdir import metrics
 
     cfg = config.override(experiment.load("default:smoke"), **{
         "mesh.num_devices": 1, "warmup.steps": 0, "task.name": "mbpp_sanitized",

@@ -13,7 +13,8 @@ import jax
 import pytest
 from bench import common, run
 
-from gbmpo_jax import models, presets
+from gbmpo_jax import models
+from gbmpo_jax.models import presets
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

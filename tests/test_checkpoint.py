@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gbmpo_jax import checkpoint
+from gbmpo_jax.workdir import checkpoint
 
 
 def _state(x: float):

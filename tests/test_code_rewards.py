@@ -4,10 +4,10 @@ import ast
 
 import pytest
 
-from gbmpo_jax import data
-from gbmpo_jax.rewards import sandbox
-from gbmpo_jax.rewards.code import build_program, code_rewards, extract_code
-from gbmpo_jax.rewards.sandbox import CodeJob, run_many
+from gbmpo_jax.tasks import data
+from gbmpo_jax.tasks.rewards import sandbox
+from gbmpo_jax.tasks.rewards.code import build_program, code_rewards, extract_code
+from gbmpo_jax.tasks.rewards.sandbox import CodeJob, run_many
 
 needs_bwrap = pytest.mark.skipif(sandbox.bwrap_path() is None, reason="bubblewrap not installed")
 

@@ -94,7 +94,10 @@ def test_unknown_experiment_lists_names():
 def test_sections_are_the_core_configs_not_copies():
     """The objective, rollout, optim and lora sections are the classes the core takes: the
     update's StepConfig holds the run config's own objects."""
-    from gbmpo_jax import char_tokenizer, lora, losses, optim, policy, presets, sampling
+    from gbmpo_jax import policy
+    from gbmpo_jax.models import char_tokenizer, presets
+    from gbmpo_jax.rl import lora, losses, optim
+    from gbmpo_jax.sampler import sampling
 
     cfg = C.validate(C.override(C.Config(), **{"objective.divergence": "prob_l2",
                                                "rollout.max_new_tokens": 8}))  # fmt: skip
@@ -127,7 +130,7 @@ def test_one_call_sets_fields_that_constrain_each_other():
 
 def test_checks_read_the_registries(monkeypatch):
     """A name registered in the core is valid config at once: no list written out twice."""
-    from gbmpo_jax import divergences
+    from gbmpo_jax.rl import divergences
 
     monkeypatch.setitem(divergences.REGISTRY, "my_div", divergences.REGISTRY["kl"])
     cfg = C.validate(C.override(C.Config(), **{"objective.divergence": "my_div"}))

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from gbmpo_jax import data, prompts
-from gbmpo_jax.rewards import sandbox
+from gbmpo_jax.tasks import data, prompts
+from gbmpo_jax.tasks.rewards import sandbox
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,7 @@ def test_arithmetic_last_digits_and_default_size_capped():
 
 
 def test_arithmetic_terse_prompt_fits_32_char_tokens():
-    from gbmpo_jax import char_tokenizer
+    from gbmpo_jax.models import char_tokenizer
 
     tok = char_tokenizer.make()
     opts = {"digits": "1", "operands": "3", "size": "50", "style": "terse"}
@@ -251,7 +251,7 @@ def test_hub_sources_use_the_right_configs_and_fields(monkeypatch, gsm8k_dir, mb
 
 
 def test_arithmetic_teacher_error_corrupts_only_carry_demonstrations():
-    from gbmpo_jax.rewards.math import gsm8k_reward
+    from gbmpo_jax.tasks.rewards.math import gsm8k_reward
 
     opts = {"digits": "2", "last_digits": "1", "style": "bare", "answer": "short"}
     clean = data.load_split("arithmetic", "train", options=opts)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gbmpo_jax import divergences as dv
+from gbmpo_jax.rl import divergences as dv
 
 mp = pytest.importorskip("mpmath")
 

@@ -1,11 +1,12 @@
-"""ES strategies and the mirror search-space adapter (gbmpo_jax.es): pure, no LLM."""
+"""ES strategies and the mirror search-space adapter (gbmpo_jax.es.strategies): pure, no LLM."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gbmpo_jax import divergences, es
+from gbmpo_jax.es import strategies as es
+from gbmpo_jax.rl import divergences
 
 STRATEGY_KW = {  # sigma / lr on the scale of the quadratic below
     "open_es": dict(sigma=0.1, lr=0.1),

@@ -5,17 +5,18 @@ import math
 
 import pytest
 
-from gbmpo_jax import data, evaluate
-from gbmpo_jax.rewards import sandbox
+from gbmpo_jax import evaluate
+from gbmpo_jax.tasks import data, evaluation
+from gbmpo_jax.tasks.rewards import sandbox
 
 
 def test_pass_at_k_matches_the_combinatorial_formula():
     for n, c, k in [(5, 0, 1), (5, 5, 3), (2, 1, 1), (10, 3, 5), (20, 7, 10), (4, 1, 4)]:
         expected = 1.0 - math.comb(n - c, k) / math.comb(n, k)
-        assert evaluate.pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
-    assert evaluate.pass_at_k(10, 3, 1) == pytest.approx(0.3)
+        assert evaluation.pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+    assert evaluation.pass_at_k(10, 3, 1) == pytest.approx(0.3)
     with pytest.raises(ValueError, match="k <= n"):
-        evaluate.pass_at_k(3, 1, 4)
+        evaluation.pass_at_k(3, 1, 4)
 
 
 def _solve(question: str) -> int:
@@ -43,7 +44,7 @@ def test_greedy_accuracy_records_and_lengths(tmp_path):
     examples = data.load_split("arithmetic", "test", options={"size": "20"})
     right = {e.prompt[-1]["content"] for e in examples[::2]}
     gen, calls = _arith_stub(lambda q, j: q in right)
-    summary = evaluate.evaluate(
+    summary = evaluation.evaluate(
         examples, "arithmetic", gen, batch_size=6, records_path=tmp_path / "r.jsonl",
         count_tokens=lambda s: len(s.split()),
     )  # fmt: skip
@@ -66,13 +67,13 @@ def test_sampled_pass_at_k():
     gen, calls = _arith_stub(lambda q, j: j < index[q] % 4)
     import jax
 
-    summary = evaluate.evaluate(
+    summary = evaluation.evaluate(
         examples, data.TASKS["arithmetic"], gen, greedy=False, num_samples=4, ks=(1, 2, 4),
         key=jax.random.key(0), batch_size=3,
     )  # fmt: skip
     cs = [i % 4 for i in range(8)]
     for k in (1, 2, 4):
-        want = sum(evaluate.pass_at_k(4, c, k) for c in cs) / 8
+        want = sum(evaluation.pass_at_k(4, c, k) for c in cs) / 8
         assert summary[f"pass@{k}"] == pytest.approx(want)
     assert summary["accuracy"] == pytest.approx(sum(cs) / 32)
     keys = [c["key"] for c in calls]
@@ -83,12 +84,12 @@ def test_contract_errors():
     examples = data.load_split("arithmetic", "test", options={"size": "3"})
     gen, _ = _arith_stub(lambda q, j: True)
     with pytest.raises(ValueError, match="num_samples=1"):
-        evaluate.evaluate(examples, "arithmetic", gen, num_samples=2)
+        evaluation.evaluate(examples, "arithmetic", gen, num_samples=2)
     with pytest.raises(ValueError, match="num_samples"):
-        evaluate.evaluate(examples, "arithmetic", gen, greedy=False, num_samples=2, ks=(5,))
+        evaluation.evaluate(examples, "arithmetic", gen, greedy=False, num_samples=2, ks=(5,))
     bad = lambda convs, **kw: [["x"]] * (len(convs) - 1)
     with pytest.raises(ValueError, match="generate_fn must return"):
-        evaluate.evaluate(examples, "arithmetic", bad)
+        evaluation.evaluate(examples, "arithmetic", bad)
 
 
 @pytest.mark.skipif(sandbox.bwrap_path() is None, reason="bubblewrap not installed")
@@ -104,7 +105,7 @@ def test_code_task_statuses_and_partial_reward():
             out.append([refs[i] if i != examples[0].id else "```python\nx = 1\n```"])
         return out
 
-    summary = evaluate.evaluate(examples, "mbpp_sanitized", gen, reward_kwargs={"partial": True})
+    summary = evaluation.evaluate(examples, "mbpp_sanitized", gen, reward_kwargs={"partial": True})
     assert summary["accuracy"] == 0.75
     assert summary["code_statuses"] == {"ok": 3, "failed": 1}
     assert summary["mean_reward"] == 0.75  # the failing program passes 0 of its asserts
@@ -126,7 +127,7 @@ def test_cli_with_stub_generator(tmp_path):
 
 
 def test_generate_text_adapter_groups_samples(monkeypatch):
-    import gbmpo_jax.sampling as sampling
+    import gbmpo_jax.sampler.sampling as sampling
 
     seen = {}
 
@@ -135,7 +136,7 @@ def test_generate_text_adapter_groups_samples(monkeypatch):
         return [f"{conv[-1]['content']}#{i}" for i, conv in enumerate(conversations)]
 
     monkeypatch.setattr(sampling, "generate_text", fake_generate_text)
-    gen = evaluate.make_generate_fn(None, None, temperature=0.7, top_p=0.9)
+    gen = evaluation.make_generate_fn(None, None, temperature=0.7, top_p=0.9)
     convs = [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]
     out = gen(convs, greedy=False, num_samples=3, max_new_tokens=5, key="k")
     assert out == [["a#0", "a#1", "a#2"], ["b#3", "b#4", "b#5"]]

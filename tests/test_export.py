@@ -8,7 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from gbmpo_jax import char_tokenizer, data, models, presets
+from gbmpo_jax import models
+from gbmpo_jax.models import char_tokenizer, presets
+from gbmpo_jax.tasks import data
 
 
 def _corpus() -> tuple[list, list[str]]:

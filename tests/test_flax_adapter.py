@@ -7,10 +7,10 @@ import optax
 import pytest
 from flax import linen, nnx
 
-from gbmpo_jax import divergences as dv
-from gbmpo_jax import train_step as ts
 from gbmpo_jax.models import flax_adapter
-from gbmpo_jax.optim import Optimizer
+from gbmpo_jax.rl import divergences as dv
+from gbmpo_jax.rl import train_step as ts
+from gbmpo_jax.rl.optim import Optimizer
 
 V, E, P, T, G = 11, 16, 3, 4, 4  # vocab, width, prompt, completion, group size
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gbmpo_jax import lock, metrics
+from gbmpo_jax.workdir import lock, metrics
 
 
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path):

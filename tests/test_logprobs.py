@@ -8,11 +8,13 @@ import numpy as np
 import optax
 import pytest
 
-from gbmpo_jax import divergences as dv
-from gbmpo_jax import logprobs as lpm
-from gbmpo_jax import models, policy, presets
-from gbmpo_jax import train_step as ts
-from gbmpo_jax.optim import Optimizer
+from gbmpo_jax import models, policy
+from gbmpo_jax.models import presets
+from gbmpo_jax.rl import divergences as dv
+from gbmpo_jax.rl import logprobs as lpm
+from gbmpo_jax.rl import placement
+from gbmpo_jax.rl import train_step as ts
+from gbmpo_jax.rl.optim import Optimizer
 
 QWEN3_VOCAB = 151_669
 P, T, N = 3, 7, 4  # prompt, completion, rows
@@ -161,8 +163,8 @@ def test_sharded_chunked_update_and_reference_equal_one_device_full_logits():
     """On a (data 2, fsdp 2, tensor 2) mesh (vocab over `tensor`, rows over data x fsdp) the
     chunked passes equal the one-device full-logits passes. Vocabulary 151,936: the Qwen3
     checkpoints' embedding rows (151,669 is odd, so it would stay replicated)."""
-    from gbmpo_jax import mesh
     from gbmpo_jax.config import MeshCfg
+    from gbmpo_jax.scale import mesh
 
     if jax.device_count() < 8:
         pytest.skip("needs 8 (simulated) devices")
@@ -180,7 +182,7 @@ def test_sharded_chunked_update_and_reference_equal_one_device_full_logits():
             s, want["m"] = jax.jit(update)(state, dict(b), jax.random.PRNGKey(0))
             want["params"] = s.params
         else:
-            st, sh = mesh.shard_state(jax.device_get(state), mc, m)
+            st, sh = placement.shard_state(jax.device_get(state), mc, m)
             got["lp"] = mesh.jit_logprobs(lp_fn, sh, m)(st, ids, am, T)
             s, got["m"] = mesh.jit_update(update, sh, m)(st, dict(b), jax.random.PRNGKey(0))
             got["params"] = jax.device_get(s.params)

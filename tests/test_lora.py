@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gbmpo_jax import lora
+from gbmpo_jax.rl import lora
 
 L, E, H, D, F = 2, 6, 2, 3, 5
 

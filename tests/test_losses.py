@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gbmpo_jax import divergences as dv
-from gbmpo_jax import losses as L
+from gbmpo_jax.rl import divergences as dv
+from gbmpo_jax.rl import losses as L
 
 MASK = np.array([[1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0]], np.float32)
 ADV = np.array([1.0, 2.0, -1.0], np.float32)

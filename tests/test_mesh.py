@@ -13,10 +13,14 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gbmpo_jax import divergences, lora, mesh, models, presets, sampling
+from gbmpo_jax import models
 from gbmpo_jax.config import MeshCfg
-from gbmpo_jax.optim import OptimConfig, make_optimizer
-from gbmpo_jax.train_step import init_state, make_compute_logprobs, make_update, step_config
+from gbmpo_jax.models import presets
+from gbmpo_jax.rl import divergences, lora, placement
+from gbmpo_jax.rl.optim import OptimConfig, make_optimizer
+from gbmpo_jax.rl.train_step import init_state, make_compute_logprobs, make_update, step_config
+from gbmpo_jax.sampler import sampling
+from gbmpo_jax.scale import mesh
 
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
 # CI (2 loaded cores) runs the mesh that uses every axis; the others with `pytest -m slow`.
@@ -79,7 +83,7 @@ def assert_close(a, b, atol=1e-5):
 def test_train_step_matches_one_device(full, shape):
     mc, state, batch, update, (ref_state, ref_m) = full
     m = make_mesh(shape)
-    st, sh = mesh.shard_state(state, mc, m)
+    st, sh = placement.shard_state(state, mc, m)
     step = mesh.jit_update(update, sh, m)
     new, metrics = step(st, batch, jax.random.key(3))
     assert new.params["layers"]["q"].sharding == sh.params["layers"]["q"]
@@ -103,7 +107,7 @@ def test_lora_state_placement(step):
     lcfg = lora.LoraConfig(rank=2, alpha=2.0)
     mc, state, batch, update = problem(lora_cfg=lcfg)
     m = make_mesh((2, 2, 2))
-    st, sh = mesh.shard_state(state, mc, m, lora_cfg=lcfg)
+    st, sh = placement.shard_state(state, mc, m, lora_cfg=lcfg)
     q = sh.params["layers"]["q"]
     assert q["lora_a"].spec == P(None, "fsdp", None)  # [L, E, r]: E over fsdp
     assert q["lora_b"].spec == P(None, None, "tensor")  # [L, r, H*D]: heads over tensor
@@ -131,8 +135,8 @@ def test_rollout_matches_one_device(shape):
     key = jax.random.key(7)
     ref = jax.device_get(sampling.generate(model, ids, am, key, sc))
     m = make_mesh(shape)
-    params_sh = mesh.param_shardings(mc, m)
-    gen = mesh.jit_rollout(m, params_sh)  # drop-in for sampling.generate
+    params_sh = placement.param_shardings(mc, m)
+    gen = placement.jit_rollout(m, params_sh)  # drop-in for sampling.generate
     out = gen(models.Model(mc, jax.device_put(model.params, params_sh)), ids, am, key, sc)
     rows = NamedSharding(m, P(("data", "fsdp"), None))  # rows split over data x fsdp
     assert out.tokens.sharding.is_equivalent_to(rows, 2)
@@ -151,7 +155,7 @@ def test_rollout_matches_one_device(shape):
 def test_param_bytes_shrink_with_fsdp():
     mc, state, _, _ = problem()
     total = sum(x.nbytes for x in jax.tree.leaves(state.params))
-    specs = mesh.param_specs(mc, mesh.setup(MeshCfg(data=1, fsdp=8)))
+    specs = placement.param_specs(mc, mesh.setup(MeshCfg(data=1, fsdp=8)))
     is_spec = lambda x: isinstance(x, P)  # noqa: E731
     sharded = sum(
         x.nbytes
@@ -164,7 +168,7 @@ def test_param_bytes_shrink_with_fsdp():
     seen = {}
     for fsdp in (1, 2, 4, 8):
         m = mesh.setup(MeshCfg(data=-1, fsdp=fsdp))
-        placed, _ = mesh.shard_state(state, mc, m)
+        placed, _ = placement.shard_state(state, mc, m)
         got = mesh.per_device_bytes(placed.params)
         assert got == sharded // fsdp + (total - sharded)
         seen[fsdp] = got
@@ -192,17 +196,17 @@ def test_axis_sizes_and_errors():
 def test_rules_override_and_fallback(caplog):
     m = make_mesh((2, 2, 2))
     mc = presets.model_config("tiny", vocab_size=63)  # 63 does not divide by tensor=2
-    with caplog.at_level(logging.WARNING, logger="gbmpo_jax.mesh"):
-        specs = mesh.param_specs(mc, m)
-        mesh.param_specs(mc, m)
+    with caplog.at_level(logging.WARNING, logger="gbmpo_jax.scale.mesh"):
+        specs = placement.param_specs(mc, m)
+        placement.param_specs(mc, m)
     assert specs["embed"] == P(None, "fsdp")
     assert specs["lm_head"] == P("fsdp", None)
     assert specs["layers"]["q"] == P(None, "fsdp", "tensor", None)
     assert sum("does not divide" in r.message for r in caplog.records) == 2  # embed, lm_head
-    custom = mesh.param_specs(mc, m, {**mesh.RULES, "embed": None, "mlp": "fsdp"})
+    custom = placement.param_specs(mc, m, {**mesh.RULES, "embed": None, "mlp": "fsdp"})
     assert custom["layers"]["down"] == P(None, "fsdp", None)
     # one mesh axis at most once per leaf: vocab asks for fsdp too, embed already took it
-    dup = mesh.param_specs(mc, m, {**mesh.RULES, "vocab": "fsdp"})
+    dup = placement.param_specs(mc, m, {**mesh.RULES, "vocab": "fsdp"})
     assert dup["lm_head"] == P("fsdp", None)
 
 
@@ -231,6 +235,6 @@ def test_one_names_to_sharding_mapping_for_every_layer():
     assert odd.tokens.spec == P(None, None)  # 6 rows over 4 devices: replicated
     mc = presets.model_config("tiny", vocab_size=64)
     cfg = lora.LoraConfig(rank=2, alpha=2.0, targets=("q_proj",))
-    names = mesh.lora_names(mc, cfg)
+    names = placement.lora_names(mc, cfg)
     assert names["layers"]["q"]["lora_a"] == ("layers", "embed", None)
     assert names["layers"]["q"]["lora_b"] == ("layers", None, "heads")

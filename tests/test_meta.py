@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from gbmpo_jax import config as C
-from gbmpo_jax import divergences, es, meta, metrics, policy, population
+from gbmpo_jax import meta, policy
+from gbmpo_jax.es import population
+from gbmpo_jax.es import strategies as es
+from gbmpo_jax.rl import divergences
+from gbmpo_jax.workdir import metrics
 
 REF = jax.device_get(divergences.reference_init())
 R = {k: np.asarray(REF[k], np.float64) for k in es.KEYS}

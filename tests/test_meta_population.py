@@ -1,11 +1,15 @@
-"""Population execution modes give the same inner runs (gbmpo_jax.population), tiny model."""
+"""Population execution modes give the same inner runs (gbmpo_jax.es.population), tiny model."""
 
 import jax
 import numpy as np
 import pytest
 
 from gbmpo_jax import config as C
-from gbmpo_jax import divergences, episodes, es, policy, population
+from gbmpo_jax import policy
+from gbmpo_jax.es import population
+from gbmpo_jax.es import strategies as es
+from gbmpo_jax.rl import divergences
+from gbmpo_jax.tasks import episodes
 
 
 class DigitTask:

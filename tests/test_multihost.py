@@ -17,8 +17,8 @@ MESH = dict(data=2, fsdp=2, tensor=2)
 
 def worker(port: int, pid: int, out: str) -> None:
     sys.path.insert(0, str(HERE))
-    from gbmpo_jax import distributed
     from gbmpo_jax.config import MeshCfg
+    from gbmpo_jax.scale import distributed
 
     cfg = MeshCfg(coordinator=f"localhost:{port}", num_processes=2, process_id=pid, **MESH)
     distributed.initialize(cfg, timeout_s=60)  # before any other JAX call
@@ -26,7 +26,8 @@ def worker(port: int, pid: int, out: str) -> None:
     import numpy as np
     from jax.experimental import multihost_utils
 
-    from gbmpo_jax import mesh
+    from gbmpo_jax.rl import placement
+    from gbmpo_jax.scale import mesh
     from test_mesh import N, problem
 
     assert jax.process_count() == 2 and len(jax.devices()) == 8, jax.devices()
@@ -34,7 +35,7 @@ def worker(port: int, pid: int, out: str) -> None:
     assert distributed.is_main_process() == (pid == 0)
     mc, state, batch, update = problem()
     m = mesh.setup(cfg)
-    st, sh = mesh.shard_state(state, mc, m)
+    st, sh = placement.shard_state(state, mc, m)
     lo, hi = mesh.host_row_range(N, m)
     assert hi - lo == N // 2  # each host owns half of the rows
     rows = distributed.process_shard(np.arange(N))
@@ -110,8 +111,8 @@ def test_two_processes_match_one_device(tmp_path):
 def test_missing_coordinator_is_a_clear_error():
     """A worker whose coordinator never comes up fails fast with the address in the message
     (JAX alone would abort the process after its timeout)."""
-    from gbmpo_jax import distributed
     from gbmpo_jax.config import MeshCfg
+    from gbmpo_jax.scale import distributed
 
     port = _free_port()
     cfg = MeshCfg(coordinator=f"localhost:{port}", num_processes=2, process_id=1)
@@ -129,7 +130,7 @@ def test_missing_coordinator_is_a_clear_error():
 
 
 def test_process_shard():
-    from gbmpo_jax import distributed
+    from gbmpo_jax.scale import distributed
 
     items = list(range(10))
     parts = [distributed.process_shard(items, i, 3) for i in range(3)]

@@ -21,21 +21,16 @@ import numpy as np
 import pytest
 
 from gbmpo_jax import config as C
-from gbmpo_jax import (
-    divergences,
-    episodes,
-    experiment,
-    memory,
-    metrics,
-    models,
-    policy,
-    population,
-    presets,
-    sampling,
-    train,
-)
-from gbmpo_jax.losses import ObjectiveConfig, loss_fn
-from gbmpo_jax.train_step import init_state, make_update
+from gbmpo_jax import experiment, models, policy, train
+from gbmpo_jax.es import population
+from gbmpo_jax.models import presets
+from gbmpo_jax.rl import divergences
+from gbmpo_jax.rl.losses import ObjectiveConfig, loss_fn
+from gbmpo_jax.rl.train_step import init_state, make_update
+from gbmpo_jax.sampler import sampling
+from gbmpo_jax.scale import memory
+from gbmpo_jax.tasks import episodes
+from gbmpo_jax.workdir import metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PAPER = [f"{t}_{d}" for t in ("gsm8k", "mbpp") for d in ("drgrpo", "probl2", "neural_mirror")]

@@ -1,4 +1,4 @@
-"""The one step program (gbmpo_jax.program): a population member runs training's step."""
+"""The one step program (gbmpo_jax.rl.program): a population member runs training's step."""
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 
 from gbmpo_jax import config as C
-from gbmpo_jax import episodes, es, policy, program, seeds
-from gbmpo_jax import mesh as mesh_lib
+from gbmpo_jax import policy, seeds
+from gbmpo_jax.es import strategies as es
+from gbmpo_jax.rl import placement, program
+from gbmpo_jax.scale import mesh as mesh_lib
+from gbmpo_jax.tasks import episodes
 
 
 class DigitTask:
@@ -42,7 +45,7 @@ def _single_run(cfg, model, tok, obj, td, steps):
     mesh = mesh_lib.setup(cfg.mesh, jax.devices()[:1])
     # float32 master weights alias the given params and the step donates them: pass a copy
     params = jax.tree.map(jnp.copy, model.params)
-    state, sh = mesh_lib.shard_state(program.init_state(cfg, params, obj), model.config, mesh)
+    state, sh = placement.shard_state(program.init_state(cfg, params, obj), model.config, mesh)
     prog = program.make_program(model.config, obj, mesh=mesh, state_sh=sh)
     step = program.make_step(prog, cfg, td, tok, obj.sampling, mesh=mesh)
     outs = []
@@ -101,4 +104,3 @@ def test_named_seeds_are_distinct_streams():
     ref = jax.random.fold_in(jax.random.key(3), seeds.STATE_INIT)
     np.testing.assert_array_equal(jax.random.key_data(seeds.key(3, seeds.STATE_INIT)),
                                   jax.random.key_data(ref))  # fmt: skip
-

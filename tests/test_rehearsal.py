@@ -10,7 +10,8 @@ import math
 import pytest
 
 from gbmpo_jax import config as C
-from gbmpo_jax import experiment, metrics, train
+from gbmpo_jax import experiment, train
+from gbmpo_jax.workdir import metrics
 
 PAPER = [f"{t}_{d}" for t in ("gsm8k", "mbpp") for d in ("drgrpo", "probl2", "neural_mirror")]
 CI = ["gsm8k_drgrpo", "mbpp_probl2"]

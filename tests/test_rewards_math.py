@@ -2,8 +2,8 @@
 
 import pytest
 
-from gbmpo_jax import data
-from gbmpo_jax.rewards.math import extract_answer, gsm8k_reward, normalise_gold, numbers_match
+from gbmpo_jax.tasks import data
+from gbmpo_jax.tasks.rewards.math import extract_answer, gsm8k_reward, normalise_gold, numbers_match
 
 # (completion, expected extraction); None = no number at all.
 EXTRACT_CASES = [

@@ -9,8 +9,10 @@ import signal
 
 import pytest
 
-from gbmpo_jax import checkpoint, episodes, evaluate, experiment, metrics, train
 from gbmpo_jax import config as C
+from gbmpo_jax import evaluate, experiment, train
+from gbmpo_jax.tasks import episodes
+from gbmpo_jax.workdir import checkpoint, metrics
 
 OVERRIDES = {
     "mesh.num_devices": 1,

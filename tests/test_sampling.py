@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gbmpo_jax import models, sampling
-from gbmpo_jax.sampling import SamplingConfig
+from gbmpo_jax import models
+from gbmpo_jax.sampler import sampling
+from gbmpo_jax.sampler.sampling import SamplingConfig
 
 T = 8
 PROMPTS = [[3, 17, 22, 9, 41], [7], [12, 5, 33], [60, 2, 2, 8, 19, 50, 11]]

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gbmpo_jax import logit_processors as lp
-from gbmpo_jax.sampling import SamplingConfig, bucket_length, pad_prompts
+from gbmpo_jax.sampler import logit_processors as lp
+from gbmpo_jax.sampler.sampling import SamplingConfig, bucket_length, pad_prompts
 
 V = 8
 LOGITS = np.array([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -3.0], np.float32)

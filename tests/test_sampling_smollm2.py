@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from gbmpo_jax import models, sampling
+from gbmpo_jax import models
+from gbmpo_jax.sampler import sampling
 
 CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}],

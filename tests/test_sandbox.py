@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from gbmpo_jax.rewards import sandbox
-from gbmpo_jax.rewards.sandbox import CodeJob, Limits, run_many, run_tests
+from gbmpo_jax.tasks.rewards import sandbox
+from gbmpo_jax.tasks.rewards.sandbox import CodeJob, Limits, run_many, run_tests
 
 pytestmark = pytest.mark.skipif(sandbox.bwrap_path() is None, reason="bubblewrap not installed")
 

@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from gbmpo_jax import checkpoint, experiment, metrics, train
 from gbmpo_jax import config as C
+from gbmpo_jax import experiment, train
+from gbmpo_jax.workdir import checkpoint, metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ONE_DEVICE = {"mesh.num_devices": 1}

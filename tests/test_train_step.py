@@ -8,10 +8,10 @@ import numpy as np
 import optax
 import pytest
 
-from gbmpo_jax import divergences as dv
-from gbmpo_jax import lora
-from gbmpo_jax import train_step as ts
-from gbmpo_jax.optim import OptimConfig, Optimizer, make_optimizer
+from gbmpo_jax.rl import divergences as dv
+from gbmpo_jax.rl import lora
+from gbmpo_jax.rl import train_step as ts
+from gbmpo_jax.rl.optim import OptimConfig, Optimizer, make_optimizer
 
 V, E, NL, P, T, N = 13, 8, 2, 3, 5, 8  # vocab, width, layers, prompt, completion, rows
 
@@ -216,8 +216,9 @@ def test_schedules():
     assert float(s(100)) == pytest.approx(0.0, abs=1e-7)
     s = make_optimizer(dataclasses.replace(c, schedule="linear"), total_steps=100).schedule
     assert float(s(55)) == pytest.approx(0.5)
-    s = make_optimizer(dataclasses.replace(c, schedule="constant", warmup_ratio=0.0),
-                       total_steps=100).schedule
+    s = make_optimizer(
+        dataclasses.replace(c, schedule="constant", warmup_ratio=0.0), total_steps=100
+    ).schedule
     assert float(s(0)) == pytest.approx(1.0) and float(s(99)) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="schedule"):
         OptimConfig(schedule="step")

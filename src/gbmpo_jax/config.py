@@ -26,10 +26,10 @@ import math
 import typing
 from dataclasses import dataclass, field
 
-from gbmpo_jax.lora import LoraConfig
-from gbmpo_jax.losses import ObjectiveConfig
-from gbmpo_jax.optim import OptimConfig
-from gbmpo_jax.sampling import SamplingConfig
+from gbmpo_jax.rl.lora import LoraConfig
+from gbmpo_jax.rl.losses import ObjectiveConfig
+from gbmpo_jax.rl.optim import OptimConfig
+from gbmpo_jax.sampler.sampling import SamplingConfig
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,9 @@ def _set(node, path, fields, section):
     if path:
         head, full = path[0], next(iter(fields.values()))[1]
         if head not in names:
-            raise ConfigError(f"unknown config key {full!r}: {head!r} is not one of {sorted(names)}")
+            raise ConfigError(
+                f"unknown config key {full!r}: {head!r} is not one of {sorted(names)}"
+            )
         child = getattr(node, head)
         if not dataclasses.is_dataclass(child):
             raise ConfigError(f"unknown config key {full!r}: {head!r} has no fields")
@@ -208,7 +210,9 @@ def _set(node, path, fields, section):
     new = {}
     for name, (value, full) in fields.items():
         if name not in names:
-            raise ConfigError(f"unknown config key {full!r}: {name!r} is not one of {sorted(names)}")
+            raise ConfigError(
+                f"unknown config key {full!r}: {name!r} is not one of {sorted(names)}"
+            )
         if dataclasses.is_dataclass(getattr(node, name)):
             raise ConfigError(f"{full!r} is a section; set one of its fields")
         if isinstance(value, str) and hints[name] is not str:
@@ -296,9 +300,11 @@ def validate(cfg: Config) -> Config:
     """Checks the run-level sections and what spans sections, once at start; returns cfg
     unchanged or raises ConfigError. (rollout / objective / optim / lora check their own
     fields when they are built.)"""
-    from gbmpo_jax import data, presets, sft
+    from gbmpo_jax import sft
+    from gbmpo_jax.models import presets
     from gbmpo_jax.models.config import DTYPES
-    from gbmpo_jax.rewards import REWARD_MODES, SANDBOXES
+    from gbmpo_jax.tasks import data
+    from gbmpo_jax.tasks.rewards import REWARD_MODES, SANDBOXES
 
     m, t, r, o, run, w = cfg.model, cfg.task, cfg.rollout, cfg.objective, cfg.run, cfg.warmup
     _check_finite(cfg)

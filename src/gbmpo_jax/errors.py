@@ -55,9 +55,9 @@ def phase(what: str, fix: str = ""):
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """The exception types the CLIs report as one line with exit code 2."""
-    from gbmpo_jax import checkpoint, lock
     from gbmpo_jax.config import ConfigError
-    from gbmpo_jax.mesh import MeshError
+    from gbmpo_jax.scale.mesh import MeshError
+    from gbmpo_jax.workdir import checkpoint, lock
 
     return (
         InputError,

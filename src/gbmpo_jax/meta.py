@@ -50,18 +50,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gbmpo_jax import (
-    checkpoint,
-    errors,
-    es,
-    es_report,
-    experiment,
-    lock,
-    metrics,
-    population,
-)
 from gbmpo_jax import config as config_lib
-from gbmpo_jax.divergences import validate_mirror_params
+from gbmpo_jax import errors, experiment
+from gbmpo_jax.es import population
+from gbmpo_jax.es import report as es_report
+from gbmpo_jax.es import strategies as es
+from gbmpo_jax.rl.divergences import validate_mirror_params
+from gbmpo_jax.workdir import checkpoint, lock, metrics
 
 DONE_MARKER = "DONE"
 # `compare --carry`: which map an ES run hands on -> (file in its workdir, table label)
@@ -270,7 +265,8 @@ def _evaluate(programs, mode, params, steps, reused) -> population.InnerResult:
 def _warm_base(cfg, model, obj, td, tokenizer, log):
     """The supervised warm-up of train.py, once: the shared base policy and reference of
     every member (deterministic in run.seed, so a resumed ES run gets the same base)."""
-    from gbmpo_jax import models, program, train
+    from gbmpo_jax import models, train
+    from gbmpo_jax.rl import program
 
     st = program.init_state(cfg, model.params, obj)
     warm = train.supervised_warmup(cfg, st, obj, td, tokenizer, log)

@@ -22,12 +22,14 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from gbmpo_jax import advantages, char_tokenizer, divergences, models, presets, seeds
+from gbmpo_jax import models, seeds
 from gbmpo_jax.config import Config, ConfigError
-from gbmpo_jax.logprobs import SplitHead
-from gbmpo_jax.optim import make_optimizer
-from gbmpo_jax.sampling import SamplingConfig, default_stop_token_ids
-from gbmpo_jax.train_step import StepConfig
+from gbmpo_jax.models import char_tokenizer, presets
+from gbmpo_jax.rl import advantages, divergences
+from gbmpo_jax.rl.logprobs import SplitHead
+from gbmpo_jax.rl.optim import make_optimizer
+from gbmpo_jax.rl.train_step import StepConfig
+from gbmpo_jax.sampler.sampling import SamplingConfig, default_stop_token_ids
 
 
 def resolve_model_path(path: str) -> pathlib.Path:

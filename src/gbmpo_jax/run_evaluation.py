@@ -21,10 +21,13 @@ import pathlib
 
 import jax
 
-from gbmpo_jax import checkpoint, data, episodes, errors, models, policy, program
 from gbmpo_jax import config as config_lib
-from gbmpo_jax import evaluate as evaluate_lib
-from gbmpo_jax.train_step import policy_params
+from gbmpo_jax import errors, models, policy
+from gbmpo_jax.rl import program
+from gbmpo_jax.rl.train_step import policy_params
+from gbmpo_jax.tasks import data, episodes
+from gbmpo_jax.tasks import evaluation as evaluate_lib
+from gbmpo_jax.workdir import checkpoint
 
 TRAIN_EVAL_BATCH = 16  # episodes.evaluate's batch size in the training loop
 
@@ -103,7 +106,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
     run_dir = pathlib.Path(args.model).expanduser()
     cfg, trained = run_config(run_dir, args)
     default = run_dir / "evals" / f"{datetime.datetime.now():%Y%m%d-%H%M%S}_{cfg.task.eval_split}"
-    out = evaluate_lib.fresh_output_dir(args.out, default)  # before any loading
+    out = fresh_output_dir(args.out, default)  # before any loading
     model, tok = load_run_policy(run_dir, cfg, log)
     t = cfg.task
     same_data = (t.name, t.source, t.options, t.eval_split) == (
@@ -139,7 +142,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
             **({"chat_template_kwargs": chat} if chat else {}),
         )  # fmt: skip
         key = jax.random.key(args.seed)
-    evaluate_lib.make_output_dir(out)
+    make_output_dir(out)
     summary = evaluate_lib.evaluate(
         examples, t.name, gen, greedy=greedy, num_samples=max(1, args.samples),
         ks=[int(k) for k in args.k.split(",")] if not greedy else [1],
@@ -154,3 +157,28 @@ def run(args: argparse.Namespace, log=print) -> dict:
                    max_new_tokens=cfg.rollout.max_new_tokens)  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def fresh_output_dir(requested: str, default: pathlib.Path) -> pathlib.Path:
+    """A directory that holds no earlier result (not created yet). An explicit --out that does
+    is refused; the default gets a -2, -3, ... suffix when taken."""
+    if requested:
+        out = pathlib.Path(requested)
+        if (out / "summary.json").exists() or (out / "records.jsonl").exists():
+            raise errors.InputError(
+                f"--out {requested}: already holds an evaluation (summary.json / "
+                "records.jsonl); pass a new directory or omit --out"
+            )
+    else:
+        out, n = default, 1
+        while out.exists():
+            n += 1
+            out = default.with_name(f"{default.name}-{n}")
+    return out
+
+
+def make_output_dir(out: pathlib.Path) -> pathlib.Path:
+    """Creates the directory chosen by `fresh_output_dir` (just before results are written)."""
+    with errors.phase(f"--out {str(out)!r}", "pass a directory you can write"):
+        out.mkdir(parents=True, exist_ok=True)
+    return out

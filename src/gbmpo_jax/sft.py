@@ -21,8 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gbmpo_jax import checkpoint, episodes, program
 from gbmpo_jax import config as config_lib
+from gbmpo_jax.rl import program
+from gbmpo_jax.tasks import episodes
+from gbmpo_jax.workdir import checkpoint
 
 WARMUP_CKPT = "warmup_checkpoint"  # in the run directory, only while a warm-up is interrupted
 

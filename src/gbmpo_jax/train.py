@@ -40,24 +40,16 @@ import time
 
 import jax
 
-from gbmpo_jax import (
-    checkpoint,
-    distributed,
-    episodes,
-    errors,
-    experiment,
-    lock,
-    memory,
-    metrics,
-    models,
-    plot,
-    policy,
-)
 from gbmpo_jax import config as config_lib
-from gbmpo_jax import mesh as mesh_lib
-from gbmpo_jax import program as program_lib
+from gbmpo_jax import errors, experiment, models, policy
+from gbmpo_jax.rl import placement
+from gbmpo_jax.rl import program as program_lib
+from gbmpo_jax.rl.train_step import check_skips
+from gbmpo_jax.scale import distributed, memory
+from gbmpo_jax.scale import mesh as mesh_lib
 from gbmpo_jax.sft import WARMUP_CKPT, supervised_warmup
-from gbmpo_jax.train_step import check_skips
+from gbmpo_jax.tasks import episodes
+from gbmpo_jax.workdir import checkpoint, lock, metrics, plot
 
 DONE_MARKER = "DONE"
 
@@ -159,7 +151,7 @@ def _run(cfg: config_lib.Config, workdir: pathlib.Path, log, preempted: _Preempt
     mesh = mesh_lib.setup(cfg.mesh, jax.devices() if n_dev == -1 else jax.devices()[:n_dev])
     mesh_lib.check_rows(rows, mesh, "rollout.prompts_per_step x rollout.group_size")
     state = program_lib.init_state(cfg, model.params, obj)
-    state, state_sh = mesh_lib.shard_state(state, mc, mesh, lora_cfg=obj.step_cfg.lora)
+    state, state_sh = placement.shard_state(state, mc, mesh, lora_cfg=obj.step_cfg.lora)
     del model  # its params now live (sharded) in the state
     # the one step program (program.py), compiled for a single run on the mesh
     prog = program_lib.make_program(mc, obj, dtype=cfg.model.dtype, mesh=mesh,
@@ -310,7 +302,7 @@ def dry_run(cfg, workdir) -> dict:
     cfg = config_lib.validate(cfg)
     if cfg.model.path == "random":
         tok = policy.load_tokenizer(cfg)
-        from gbmpo_jax import presets
+        from gbmpo_jax.models import presets
 
         mc = presets.model_config(cfg.model.random_shape, len(tok))
     else:

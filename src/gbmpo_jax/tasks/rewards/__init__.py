@@ -6,12 +6,12 @@
 that runs inside it).
 """
 
-from gbmpo_jax.rewards.code import build_program, code_rewards, extract_code
-from gbmpo_jax.rewards.math import extract_answer, gsm8k_reward
-from gbmpo_jax.rewards.sandbox import (
+from gbmpo_jax.tasks.rewards.code import build_program, code_rewards, extract_code
+from gbmpo_jax.tasks.rewards.math import extract_answer, gsm8k_reward
+from gbmpo_jax.tasks.rewards.sandbox import (
     SANDBOX_MODES as SANDBOXES,
 )
-from gbmpo_jax.rewards.sandbox import (
+from gbmpo_jax.tasks.rewards.sandbox import (
     CodeJob,
     CodeResult,
     Limits,

@@ -1,4 +1,4 @@
-"""Curves of one or several runs to PNG: `python -m gbmpo_jax.plot RUN [RUN ...] --out F.png`.
+"""Curves of one or several runs to PNG: `python -m gbmpo_jax.workdir.plot RUN [RUN ...] --out F.png`.
 
 Reads each run's `metrics.jsonl` and draws reward, held-out accuracy, divergence and
 completion length against step, one line per run (labelled by its directory name).
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from gbmpo_jax.metrics import read_jsonl
+from gbmpo_jax.workdir.metrics import read_jsonl
 
 PANELS = (
     ("rollout/reward_mean", "train reward (mean)"),

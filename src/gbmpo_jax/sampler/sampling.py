@@ -47,10 +47,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from gbmpo_jax import logit_processors as lp
 from gbmpo_jax import models
 from gbmpo_jax.models.config import canonical_dtype
 from gbmpo_jax.models.transformer import unstack_cache, unstack_layers
+from gbmpo_jax.sampler import logit_processors as lp
 
 DECODE_CHUNK = 32  # minimum decode steps per statically sized attention chunk
 # Chat end-of-turn markers, plus Qwen's end-of-document "<|endoftext|>" (Qwen3's

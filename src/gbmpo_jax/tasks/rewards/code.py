@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from gbmpo_jax.rewards.sandbox import (
+from gbmpo_jax.tasks.rewards.sandbox import (
     CodeJob,
     CodeResult,
     Limits,

@@ -6,7 +6,7 @@
 * `encode_prompts`: chat template -> token ids, left-truncated to `max_prompt_len`,
   left-padded to a bucketed length (few distinct shapes, few recompiles).
 * `global_prompts`: the prompts as global arrays for a multi-host rollout.
-* `evaluate`: greedy held-out accuracy through `gbmpo_jax.evaluate.evaluate`.
+* `evaluate`: greedy held-out accuracy through `tasks.evaluation.evaluate`.
 * `sft_batch`: gold completions in the same layout, for the supervised warm-up.
 """
 
@@ -17,8 +17,10 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from gbmpo_jax import data, prompts, sampling, seeds
-from gbmpo_jax import evaluate as evaluate_lib
+from gbmpo_jax import seeds
+from gbmpo_jax.sampler import sampling
+from gbmpo_jax.tasks import data, prompts
+from gbmpo_jax.tasks import evaluation as evaluate_lib
 
 
 class TrainData:
@@ -102,8 +104,8 @@ def encode_prompts(tokenizer, conversations, max_prompt_len: int, pad_id: int,
 
 
 def global_prompts(ids, mask, mesh):
-    """Prompts as global arrays laid out as `mesh.jit_rollout` expects them (multi-host)."""
-    from gbmpo_jax import mesh as mesh_lib
+    """Prompts as global arrays laid out as `placement.jit_rollout` expects them (multi-host)."""
+    from gbmpo_jax.scale import mesh as mesh_lib
 
     rows = ids.shape[0] % mesh_lib.num_row_shards(mesh) == 0
     sh = mesh_lib.batch_sharding(mesh, 2) if rows else mesh_lib.replicated(mesh)
@@ -113,7 +115,7 @@ def global_prompts(ids, mask, mesh):
 
 def make_generate_fn(model, tokenizer, sampling_cfg, max_prompt_len: int, batch_size: int,
                      generate=sampling.generate, chat_kwargs=None):  # fmt: skip
-    """`evaluate.GenerateFn` over our sampler; short batches are padded to `batch_size` rows
+    """`evaluation.GenerateFn` over our sampler; short batches are padded to `batch_size` rows
     so every eval batch reuses one compiled program."""
 
     def generate_fn(conversations, *, greedy, num_samples, max_new_tokens, key):

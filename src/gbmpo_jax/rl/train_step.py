@@ -42,12 +42,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gbmpo_jax import lora as lora_lib
-from gbmpo_jax.divergences import Divergence
-from gbmpo_jax.logprobs import completion_logprobs, token_logprobs  # noqa: F401 (re-export)
-from gbmpo_jax.losses import ObjectiveConfig, loss_fn, loss_mask, token_weights
-from gbmpo_jax.optim import Optimizer
-from gbmpo_jax.sampling import SamplingConfig
+from gbmpo_jax.rl import lora as lora_lib
+from gbmpo_jax.rl.divergences import Divergence
+from gbmpo_jax.rl.logprobs import completion_logprobs, token_logprobs  # noqa: F401 (re-export)
+from gbmpo_jax.rl.losses import ObjectiveConfig, loss_fn, loss_mask, token_weights
+from gbmpo_jax.rl.optim import Optimizer
+from gbmpo_jax.sampler.sampling import SamplingConfig
 
 
 @dataclasses.dataclass(frozen=True)

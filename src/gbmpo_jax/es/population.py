@@ -40,7 +40,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as PS
 
-from gbmpo_jax import episodes, program
+from gbmpo_jax.rl import program
+from gbmpo_jax.tasks import episodes
 
 MODES = ("vmap", "mesh", "sequential")
 

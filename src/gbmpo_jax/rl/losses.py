@@ -39,8 +39,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from gbmpo_jax import advantages, divergences
-from gbmpo_jax.divergences import Divergence
+from gbmpo_jax.rl import advantages, divergences
+from gbmpo_jax.rl.divergences import Divergence
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,9 +37,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from gbmpo_jax import arithmetic, prompts
-from gbmpo_jax.rewards.code import code_rewards
-from gbmpo_jax.rewards.math import extract_answer, gsm8k_reward, normalise_gold
+from gbmpo_jax.tasks import arithmetic, prompts
+from gbmpo_jax.tasks.rewards.code import code_rewards
+from gbmpo_jax.tasks.rewards.math import extract_answer, gsm8k_reward, normalise_gold
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,8 +14,8 @@ One RL step (arXiv 2602.04380, section 1) for a state with an optional leading m
 of two ways, and `make_step` wraps it in the host half shared by both:
 
   * ``members=False`` (train.py, the one-member case): the per-member functions compiled
-    directly with the run's mesh shardings (`mesh.jit_update` / `jit_logprobs` /
-    `jit_rollout`): no batching transform, so a single run keeps its exact numerics.
+    directly with the run's mesh shardings (`mesh.jit_update` / `jit_logprobs`,
+    `placement.jit_rollout`): no batching transform, so a single run keeps its exact numerics.
   * ``members=True`` (population.py, an ES population): the same functions under
     ``jax.vmap`` over a leading member axis of the state (params, optimizer state,
     divergence params, counters; the frozen reference and the coefficient are shared,
@@ -38,16 +38,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gbmpo_jax import episodes, models, sampling, seeds
-from gbmpo_jax import mesh as mesh_lib
-from gbmpo_jax.train_step import (
+from gbmpo_jax import models, seeds
+from gbmpo_jax.rl import placement
+from gbmpo_jax.rl.train_step import (
     TrainState,
     make_compute_logprobs,
     make_update,
     on_policy,
     policy_params,
 )
-from gbmpo_jax.train_step import init_state as _init_state
+from gbmpo_jax.rl.train_step import init_state as _init_state
+from gbmpo_jax.sampler import sampling
+from gbmpo_jax.scale import mesh as mesh_lib
+from gbmpo_jax.tasks import episodes
 
 
 def init_state(cfg, params, obj) -> TrainState:
@@ -132,13 +135,13 @@ def _join(prompt_ids, tokens, prompt_mask, mask, truncated):
 def make_program(model_config, obj, *, dtype=None, members=False, mesh=None, state_sh=None,
                  base_state=None) -> Program:  # fmt: skip
     """``members=False``: compiled for one state on ``mesh`` (``state_sh`` its shardings, from
-    `mesh.shard_state`); ``members=True``: vmapped over the member axis of a population state
+    `placement.shard_state`); ``members=True``: vmapped over the member axis of a population state
     (``base_state``, one member's state, gives the axes)."""
     fns = member_fns(model_config, obj, dtype)
     if not members:
-        params_sh = mesh_lib.param_shardings(model_config, mesh)
+        params_sh = placement.param_shardings(model_config, mesh)
         merged = jax.jit(lambda st: fns.policy(st.params, st.frozen), out_shardings=params_sh)
-        generate = mesh_lib.jit_rollout(mesh, params_sh)
+        generate = placement.jit_rollout(mesh, params_sh)
         score = mesh_lib.jit_logprobs(fns.score, state_sh, mesh)
 
         def rollout(state, ids, mask, key, sc):

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gbmpo_jax.divergences import mirror_potential, validate_mirror_params
+from gbmpo_jax.rl.divergences import mirror_potential, validate_mirror_params
 
 
 def save_mirror(path, params: dict) -> pathlib.Path:

@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gbmpo_jax import divergences
+from gbmpo_jax.rl import divergences
 
 KEYS = ("v", "w", "b", "a", "c")
 DIM = 3 * divergences.N_UNITS + 2  # 380

@@ -1,5 +1,8 @@
 """Device mesh, partition rules from logical axis names, and sharded jit of the step pieces.
 
+Generic: this module knows no model, adapter or rollout; each layer exports the logical axes
+of the arrays it owns and `rl.placement` puts them together.
+
 Mesh: four named axes, in this order (outermost first, so `data` spans hosts/slices and
 `tensor` the fastest links inside one host):
 
@@ -14,11 +17,11 @@ so a global batch of N rows needs N % (data * fsdp) == 0; every other batch axis
 Each layer names the dimensions of the arrays it owns: `models.logical_axes` (parameters),
 `lora.logical_axes` (adapters), `sampling.ROLLOUT_AXES` (rollout buffers); training batches
 put rows on "batch". `RULES` maps a logical name to a mesh axis, a tuple of mesh axes, or
-None (replicated); `shardings(names, shapes, mesh)` is the one names-to-sharding mapping. A dimension whose size does not divide
-by the mesh axis size is replicated instead, logged once per (leaf, axis). A mesh axis is used
+None (replicated); `shardings(names, shapes, mesh)` is the one names-to-sharding mapping. A
+dimension whose size does not divide by the mesh axis size is replicated instead, logged once per (leaf, axis). A mesh axis is used
 at most once per leaf (a later dimension asking for an axis already taken is replicated).
 Optimizer state and LoRA adapters get the placement of the parameter they belong to, found
-by tree path and shape (`state_shardings`); everything else (counters, divergence params) is
+by tree path and shape (`place_by_path`); everything else (counters, divergence params) is
 replicated.
 
 Compilation uses classic GSPMD propagation (`jax.sharding.Mesh`, Auto axis types): the train
@@ -42,9 +45,6 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-
-from gbmpo_jax import lora as lora_lib
-from gbmpo_jax import models, sampling
 
 log = logging.getLogger(__name__)
 
@@ -209,39 +209,6 @@ def _keys(path) -> tuple:
     return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
 
 
-def param_specs(model_config, mesh: Mesh, rules: Mapping | None = None, shapes=None) -> dict:
-    """PartitionSpec pytree for the model params (structure of `models.logical_axes`)."""
-    from gbmpo_jax.models import transformer
-
-    shapes = transformer.param_shapes(model_config) if shapes is None else shapes
-    return specs(models.logical_axes(model_config), shapes, mesh, rules)
-
-
-def param_shardings(model_config, mesh: Mesh, rules: Mapping | None = None) -> dict:
-    """NamedSharding pytree for the model params (e.g. the rollout's `params_sh`)."""
-    from gbmpo_jax.models import transformer
-
-    shapes = transformer.param_shapes(model_config)
-    return shardings(models.logical_axes(model_config), shapes, mesh, rules)
-
-
-def _structs(model_config) -> dict:
-    from gbmpo_jax.models import transformer
-
-    return jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s, np.float32),
-        transformer.param_shapes(model_config),
-        is_leaf=lambda x: isinstance(x, tuple),
-    )
-
-
-def lora_names(model_config, lora_cfg: lora_lib.LoraConfig) -> dict:
-    """Logical axes of the LoRA adapter pytree (LoRA owns the rule: `lora.logical_axes`)."""
-    return lora_lib.logical_axes(
-        models.logical_axes(model_config), _structs(model_config), lora_cfg
-    )
-
-
 def _flat_specs(names, shapes, mesh, rules) -> dict[tuple, tuple[tuple, P]]:
     """{key path: (shape, spec)} from a names pytree and a same-structure shapes pytree."""
     is_names = lambda x: isinstance(x, tuple)  # noqa: E731
@@ -253,16 +220,14 @@ def _flat_specs(names, shapes, mesh, rules) -> dict[tuple, tuple[tuple, P]]:
     return out
 
 
-def state_shardings(state, model_config, mesh: Mesh, rules=None, lora_cfg=None):
-    """NamedSharding pytree for a `train_step.TrainState` (or any pytree holding params,
-    adapters and optimizer state): a leaf whose key path ends with a parameter's (or, given
-    `lora_cfg`, an adapter's) path and has its shape gets that placement; every other leaf
-    (step counters, divergence params, scalars) is replicated."""
-    base = _structs(model_config)
-    table = _flat_specs(models.logical_axes(model_config), base, mesh, rules)
-    if lora_cfg is not None:
-        adapters = jax.eval_shape(lambda: lora_lib.init(jax.random.key(0), base, lora_cfg))
-        table.update(_flat_specs(lora_names(model_config, lora_cfg), adapters, mesh, rules))
+def place_by_path(tree, named, mesh: Mesh, rules: Mapping | None = None):
+    """NamedSharding pytree for ``tree`` (e.g. a TrainState): ``named`` lists (names pytree,
+    shapes pytree) pairs (the model's parameters, LoRA adapters, ...); a leaf of ``tree``
+    whose key path ends with one of their paths and has its shape gets that placement (so
+    the optimizer state follows its parameter), every other leaf is replicated."""
+    table = {}
+    for names, shapes in named:
+        table.update(_flat_specs(names, shapes, mesh, rules))
     suffixes = sorted(table, key=len, reverse=True)
 
     def pick(path, leaf):
@@ -272,13 +237,7 @@ def state_shardings(state, model_config, mesh: Mesh, rules=None, lora_cfg=None):
                 return NamedSharding(mesh, table[suf][1])
         return replicated(mesh)
 
-    return jax.tree.map_with_path(pick, state)
-
-
-def shard_state(state, model_config, mesh: Mesh, rules=None, lora_cfg=None):
-    """(state placed on the mesh, its sharding pytree)."""
-    sh = state_shardings(state, model_config, mesh, rules, lora_cfg)
-    return jax.device_put(state, sh), sh
+    return jax.tree.map_with_path(pick, tree)
 
 
 def per_device_bytes(tree) -> int:
@@ -303,12 +262,6 @@ def batch_shardings(batch: Mapping, mesh: Mesh) -> dict:
             check_rows(np.shape(v)[0], mesh, f"batch[{k!r}]")
         out[k] = batch_sharding(mesh, nd) if nd else replicated(mesh)
     return out
-
-
-def _rows_or_replicated(x, mesh: Mesh):
-    """Rows split over the batch axes when they divide, else replicated (logged at trace)."""
-    names = ("batch",) + (None,) * (x.ndim - 1)
-    return NamedSharding(mesh, spec_for(names, x.shape, mesh, where="rollout rows"))
 
 
 def jit_update(update_fn, state_sh, mesh: Mesh):
@@ -337,27 +290,6 @@ def jit_logprobs(logprobs_fn, state_sh, mesh: Mesh):
     return jax.jit(
         logprobs_fn, static_argnums=3, in_shardings=(state_sh, rows, rows), out_shardings=rows
     )
-
-
-def jit_rollout(mesh: Mesh, params_sh):
-    """A drop-in for `sampling.generate(model, prompt_ids [B,P], prompt_mask [B,P], key,
-    config) -> Rollout` that runs `sampling.rollout` jitted with the params at `params_sh`
-    (as the caller placed them) and rows on "batch" (`sampling.ROLLOUT_AXES`). Prompts and the
-    N = B x G output rows are row-sharded when they divide over data x fsdp, else replicated
-    (each device then prefills every prompt; logged once per compilation)."""
-
-    def program(model, prompt_ids, prompt_mask, key, config: sampling.SamplingConfig):
-        params = jax.lax.with_sharding_constraint(model.params, params_sh)
-        prompt_ids, prompt_mask = (
-            jax.lax.with_sharding_constraint(x, _rows_or_replicated(x, mesh))
-            for x in (prompt_ids, prompt_mask)
-        )
-        model = models.Model(model.config, params)
-        out = sampling.rollout(model, prompt_ids, prompt_mask, key, config)
-        out_sh = shardings(sampling.ROLLOUT_AXES, out, mesh)
-        return jax.tree.map(jax.lax.with_sharding_constraint, out, out_sh)
-
-    return jax.jit(program, static_argnums=4, in_shardings=(None, None, None, replicated(mesh)))
 
 
 # --------------------------------------------------------------------------- host data
