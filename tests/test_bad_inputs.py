@@ -10,6 +10,7 @@ import pytest
 
 from gbmpo_jax import evaluate, train
 from gbmpo_jax.models import char_tokenizer
+from gbmpo_jax.tasks import data
 from gbmpo_jax.workdir import lock
 
 # A one-device smoke run: every case below fails before the first compile.
@@ -28,8 +29,7 @@ def _gsm8k_dir(tmp: pathlib.Path, bad_line: int) -> pathlib.Path:
 
 
 def _mbpp_without_validation(tmp: pathlib.Path) -> pathlib.Path:
-    with gzip.open(pathlib.Path(train.__file__).parent / "bundled_data/mbpp/sanitized-mbpp.jsonl.gz",
-                   "rt") as f:  # fmt: skip
+    with gzip.open(data.BUNDLED_DIR / "mbpp/sanitized-mbpp.jsonl.gz", "rt") as f:
         rows = [r for r in map(json.loads, f) if not 511 <= r["task_id"] <= 600]
     p = tmp / "mbpp_no_validation.jsonl"
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -217,6 +217,8 @@ def _set(node, path, fields, section):
             raise ConfigError(f"{full!r} is a section; set one of its fields")
         if isinstance(value, str) and hints[name] is not str:
             value = _parse(value, hints[name], full)
+        if isinstance(value, float) and not math.isfinite(value):  # inf / nan pass `> 0` checks
+            raise ConfigError(f"{full}={value!r} is not a finite number")
         new[name] = value
     try:
         return dataclasses.replace(node, **new)
