@@ -14,7 +14,7 @@ from gbmpo_jax.workdir import lock, metrics
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from gbmpo_jax import lock; lock.RunLock(sys.argv[1]).acquire(); "
+         "import sys, time; from gbmpo_jax.workdir import lock; lock.RunLock(sys.argv[1]).acquire(); "
          "print('held', flush=True); time.sleep(60)", str(tmp_path)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
