@@ -182,3 +182,24 @@ def test_bad_strategy_settings_name_the_field():
         es.get("nope", 8)
     with pytest.raises(ValueError, match="meta.pop_size"):
         es.get("open_es", 7)
+
+
+def test_scale_space_adds_one_shared_log_scale():
+    """softplus_scale: z [381]; z[380] = s multiplies every coefficient by e^s, and the
+    starting point (s = 0) is the map itself."""
+    from gbmpo_jax.rl import divergences
+
+    ref = divergences.reference_init()
+    ad = es.mirror_adapter("softplus_scale")
+    z = ad.from_params(ref)
+    assert ad.dim == z.shape[0] == es.DIM + 1 and float(z[-1]) == 0.0
+    back = ad.to_params(z)
+    for k in es.KEYS:
+        np.testing.assert_allclose(back[k], ref[k], rtol=1e-5, atol=1e-9)
+    scaled = ad.to_params(z.at[-1].set(np.log(3.0)))
+    for k in es.KEYS:
+        np.testing.assert_allclose(scaled[k], 3.0 * np.asarray(back[k]), rtol=1e-5)
+    strat = es.get("open_es", 4, dim=ad.dim)
+    pop, _ = strat.ask(jax.random.key(0), strat.init(jax.random.key(1), z))
+    assert pop.shape == (4, es.DIM + 1)
+    divergences.validate_mirror_params(jax.tree.map(lambda x: x[0], ad.to_params(pop)))

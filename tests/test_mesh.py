@@ -37,7 +37,8 @@ def problem(vocab=64, lora_cfg=None):
     model = models.init_model(mc, jax.random.key(0))
     opt = make_optimizer(OptimConfig(lr=1e-2, schedule="constant", warmup_ratio=0.0))
     div = divergences.get("kl")
-    cfg = step_config(group_size=4, micro_batches=2, lora=lora_cfg)
+    # dr_grpo normalised by L_max = 256 (the default before L_max = T): small, comparable steps
+    cfg = step_config(group_size=4, micro_batches=2, lora=lora_cfg, max_completion_length=256)
     state = init_state(model.params, opt, div.init_params(jax.random.key(1)), 0.04, cfg,
                        key=jax.random.key(2))  # fmt: skip
     rng = np.random.default_rng(0)

@@ -217,3 +217,11 @@ def test_cli_bad_input_is_one_sentence(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "model.path=" in err and "empty" in err and "Traceback" not in err
     assert err.strip().count("\n") == 0
+
+
+def test_search_space_is_checked_once_by_name():
+    meta.validate_meta(meta.MetaCfg(search_space="softplus_scale"))
+    with pytest.raises(C.ConfigError, match="meta.search_space"):
+        meta.validate_meta(meta.MetaCfg(strategy="paper", search_space="softplus_scale"))
+    with pytest.raises(C.ConfigError, match="meta.search_space"):
+        meta.validate_meta(meta.MetaCfg(search_space="log"))

@@ -84,6 +84,10 @@ class MetaCfg:
     compare_probl2_coef: float = 0.1  # lambda for the ProbL2 arm of `compare`
     compare_steps: int = 0  # training length of each `compare` run; 0 = run.steps
     compare_train_split: str = "train"  # `compare` trains as the paper did, on the full split
+    # search space of the evosax strategies (es.SPACES): softplus (the paper's 380
+    # coefficients) | softplus_scale (plus one shared log-scale coordinate; a deviation).
+    # The paper strategy always searches the raw coefficients ("coef").
+    search_space: str = "softplus"
 
 
 def validate_meta(m: MetaCfg) -> MetaCfg:
@@ -95,6 +99,11 @@ def validate_meta(m: MetaCfg) -> MetaCfg:
         es.check(m.strategy, m.pop_size)
     except ValueError as e:
         raise config_lib.ConfigError(str(e)) from None
+    check(m.search_space in es.SPACES and m.search_space != "coef", "search_space",
+          f"{m.search_space!r}: use softplus or softplus_scale (the paper strategy searches "
+          "the raw coefficients by itself)")  # fmt: skip
+    check(m.strategy != "paper" or m.search_space == "softplus", "search_space",
+          "the paper strategy searches the raw coefficients: leave meta.search_space=softplus")  # fmt: skip
     check(m.generations >= 1, "generations", "must be >= 1")
     check(m.sigma > 0 and m.lr > 0, "sigma / meta.lr", "must be > 0")
     check(0 < m.sigma_decay <= 1, "sigma_decay", "must be in (0, 1]")
@@ -167,9 +176,10 @@ def _run(cfg: config_lib.Config, mcfg: MetaCfg, workdir, *, log=print) -> dict:
     model, tokenizer, obj, td = setup(cfg)
     if cfg.warmup.steps:
         model = _warm_base(cfg, model, obj, td, tokenizer, log)
+    space = "coef" if mcfg.strategy == "paper" else mcfg.search_space
+    adapter = es.mirror_adapter(space)  # z (evosax) or the raw coefficients (paper)
     strategy = es.get(mcfg.strategy, mcfg.pop_size, sigma=mcfg.sigma, lr=mcfg.lr,
-                      sigma_decay=mcfg.sigma_decay)  # fmt: skip
-    adapter = es.mirror_adapter(strategy.space)  # z (evosax) or the raw coefficients (paper)
+                      sigma_decay=mcfg.sigma_decay, dim=adapter.dim)  # fmt: skip
     z0 = adapter.from_params(jax.device_get(obj.div_params))
     programs = {"vmap": population.make_programs(cfg, model, tokenizer, obj, td)}
     if mcfg.population_mode == "mesh":

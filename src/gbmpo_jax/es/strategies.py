@@ -61,10 +61,11 @@ MIN_COEF = 1e-6
 
 # ------------------------------------------------------------------------ search-space adapter
 class MirrorAdapter(NamedTuple):
-    """z [..., 380] <-> neural-mirror params {"v","w","b": [..., 126], "a","c": [...]}."""
+    """z [..., dim] <-> neural-mirror params {"v","w","b": [..., 126], "a","c": [...]}."""
 
     to_params: Callable[[jax.Array], dict]
     from_params: Callable[[dict], jax.Array]
+    dim: int = DIM  # the search space's dimension (381 with a shared log-scale)
 
 
 def _softplus_inv(x):
@@ -83,26 +84,36 @@ def _split(theta) -> dict:
     }
 
 
-SPACES = ("softplus", "coef")
+SPACES = ("softplus", "softplus_scale", "coef")
 
 
 def mirror_adapter(space: str = "softplus") -> MirrorAdapter:
-    """``softplus``: z -> theta = softplus(z) (open_es, snes, cma_es); ``coef``: the raw
-    coefficients themselves, theta = z (the paper ES, which keeps them >= 0 by projection)."""
+    """``softplus``: z [380] -> theta = softplus(z) (open_es, snes, cma_es); ``coef``: the raw
+    coefficients themselves, theta = z (the paper ES, which keeps them >= 0 by projection);
+    ``softplus_scale``: z [381] -> theta = exp(z[380]) softplus(z[:380]), one shared
+    log-scale coordinate on top of the per-coefficient search (a deviation from the paper:
+    isotropic noise on 380 coefficients barely changes the map's overall strength, which is
+    the direction that moves fitness most at CPU scale; see experiments/arith_es_meta.py)."""
     if space not in SPACES:
         raise ValueError(f"search space {space!r} is not one of {SPACES}")
+    scaled = space == "softplus_scale"
 
     def to_params(z):
         z = jnp.asarray(z, jnp.float32)
+        if scaled:
+            return _split(jnp.exp(z[..., DIM:]) * jax.nn.softplus(z[..., :DIM]))
         return _split(jax.nn.softplus(z) if space == "softplus" else z)
 
     def from_params(params):
         flat = np.concatenate([np.reshape(np.asarray(params[k]), (-1,)) for k in KEYS])
         if flat.shape != (DIM,):
             raise ValueError(f"mirror params flatten to {flat.shape}, need ({DIM},)")
-        return jnp.asarray(_softplus_inv(flat) if space == "softplus" else flat, jnp.float32)
+        z = _softplus_inv(flat) if space != "coef" else flat
+        if scaled:  # log-scale 0: the map itself
+            z = np.concatenate([z, np.zeros(1, np.float32)])
+        return jnp.asarray(z, jnp.float32)
 
-    return MirrorAdapter(jax.jit(to_params), from_params)
+    return MirrorAdapter(jax.jit(to_params), from_params, DIM + 1 if scaled else DIM)
 
 
 # ------------------------------------------------------------------------ strategy interface
