@@ -24,9 +24,7 @@ def _layer(dotted: str) -> tuple[str, int]:
 def _imports(path: pathlib.Path):
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):  # function-level (lazy) imports count too
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(
-            "gbmpo_jax"
-        ):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("gbmpo_jax"):
             if node.module == "gbmpo_jax":
                 yield from (f"gbmpo_jax.{a.name}" for a in node.names)
             else:
