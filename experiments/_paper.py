@@ -1,4 +1,4 @@
-"""Settings shared by the paper-reproduction experiments (PAPER.md section 3).
+"""Settings shared by the paper-reproduction experiments (arXiv 2602.04380, section 3).
 
 Not an experiment itself (leading underscore): `gsm8k_*.py` and `mbpp_*.py` start from these
 and change only the divergence. `variant(cfg, name)` gives an experiment's variants:
@@ -40,7 +40,7 @@ def _bundled(cfg: Config) -> dict:
     return {"task.name": BUNDLED_TASK[cfg.task.name], "task.source": "bundled"}
 
 
-# Divergence coefficients (lambda) and where each comes from (PAPER.md section 2). The paper
+# Divergence coefficients (lambda) and where each comes from (arXiv 2602.04380, section 2). The paper
 # does not publish them; `objective.coef=...` changes one.
 COEF = {"kl": 0.04, "prob_l2": 0.1, "neural_mirror": 1e-4}
 COEF_SOURCE = {

@@ -1,4 +1,4 @@
-"""CPU ES demo: evolve the neural mirror map of the tiny arithmetic model (PAPER.md section 4).
+"""CPU ES demo: evolve the neural mirror map of the tiny arithmetic model (arXiv 2602.04380, section 4).
 
 Launch:   make train EXP=arith_es_meta   (= python -m gbmpo_jax.meta --exp arith_es_meta)
 Smoke:    python -m gbmpo_jax.meta --exp arith_es_meta:smoke   (CI; tiny model, P=8, 2

@@ -1,4 +1,4 @@
-"""ES meta-learning of the neural mirror map on GSM8K (PAPER.md section 4): Qwen3-4B + LoRA.
+"""ES meta-learning of the neural mirror map on GSM8K (arXiv 2602.04380, section 4): Qwen3-4B + LoRA.
 
 Launch:   make train EXP=gsm8k_es_meta   (= python -m gbmpo_jax.meta --exp gsm8k_es_meta)
           the reference's ES: add ARGS="meta.strategy=paper meta.sigma=0.01 meta.lr=0.01

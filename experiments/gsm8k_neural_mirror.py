@@ -1,4 +1,4 @@
-"""GSM8K with the neural_mirror regulariser: Qwen3-4B-Instruct-2507 with LoRA r=64, paper settings (PAPER.md section 3).
+"""GSM8K with the neural_mirror regulariser: Qwen3-4B-Instruct-2507 with LoRA r=64, paper settings (arXiv 2602.04380, section 3).
 
 Launch:   make train EXP=gsm8k_neural_mirror
 Smoke:    make train EXP=gsm8k_neural_mirror:smoke      (tiny random model on CPU, 2 steps, ~1 min)

@@ -1,4 +1,4 @@
-"""MBPP with the kl regulariser: Qwen3-1.7B, full fine-tuning, paper settings (PAPER.md section 3).
+"""MBPP with the kl regulariser: Qwen3-1.7B, full fine-tuning, paper settings (arXiv 2602.04380, section 3).
 
 Launch:   make train EXP=mbpp_drgrpo
 Smoke:    make train EXP=mbpp_drgrpo:smoke      (tiny random model on CPU, 2 steps, ~1 min)

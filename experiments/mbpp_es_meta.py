@@ -1,4 +1,4 @@
-"""ES meta-learning of the neural mirror map on MBPP (PAPER.md section 4): Qwen3-1.7B.
+"""ES meta-learning of the neural mirror map on MBPP (arXiv 2602.04380, section 4): Qwen3-1.7B.
 
 Launch:   make train EXP=mbpp_es_meta   (= python -m gbmpo_jax.meta --exp mbpp_es_meta)
           the reference's ES: add ARGS="meta.strategy=paper meta.sigma=0.01 meta.lr=0.01

@@ -1,4 +1,4 @@
-"""MBPP with the neural_mirror regulariser: Qwen3-1.7B, full fine-tuning, paper settings (PAPER.md section 3).
+"""MBPP with the neural_mirror regulariser: Qwen3-1.7B, full fine-tuning, paper settings (arXiv 2602.04380, section 3).
 
 Launch:   make train EXP=mbpp_neural_mirror
 Smoke:    make train EXP=mbpp_neural_mirror:smoke      (tiny random model on CPU, 2 steps, ~1 min)

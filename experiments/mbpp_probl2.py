@@ -1,4 +1,4 @@
-"""MBPP with the prob_l2 regulariser: Qwen3-1.7B, full fine-tuning, paper settings (PAPER.md section 3).
+"""MBPP with the prob_l2 regulariser: Qwen3-1.7B, full fine-tuning, paper settings (arXiv 2602.04380, section 3).
 
 Launch:   make train EXP=mbpp_probl2
 Smoke:    make train EXP=mbpp_probl2:smoke      (tiny random model on CPU, 2 steps, ~1 min)

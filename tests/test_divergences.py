@@ -147,7 +147,7 @@ def test_neural_mirror_equals_generic_bregman_fp64():
 
 
 def _exact(lp, lr, params):
-    """D and dD/dlogp in 30-digit arithmetic from the direct formulas (PAPER.md sec. 2)."""
+    """D and dD/dlogp in 30-digit arithmetic from the direct formulas (arXiv 2602.04380, sec. 2)."""
     mp.mp.dps = 30
     y, y0 = mp.e ** mp.mpf(float(lp)), mp.e ** mp.mpf(float(lr))
     v, w, b = (np.asarray(params[k], np.float64) for k in "vwb")

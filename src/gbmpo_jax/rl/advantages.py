@@ -14,7 +14,7 @@ Std is the unbiased (ddof = 1) estimate, as torch's ``Tensor.std`` used by TRL, 
 eps = 1e-4 (TRL). A group is "zero-std" when all its rewards are equal (it then carries no
 learning signal); ``adv/zero_std_frac`` counts them.
 
-Deliberate deviations: none from TRL 0.23's formulas (GBMPO uses dr_grpo, PAPER.md sec. 1).
+Deliberate deviations: none from TRL 0.23's formulas (GBMPO uses dr_grpo, arXiv 2602.04380 sec. 1).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Every divergence is a `Divergence(name, init_params, per_token, validate)`:
   the field). It cannot run inside ``jit`` (values are traced there): call it once where params
   enter the system (config load, ES adapter output).
 
-With p = exp(logp), p_r = exp(ref_logp) (PAPER.md section 2):
+With p = exp(logp), p_r = exp(ref_logp) (arXiv 2602.04380, section 2):
 
 * ``kl`` / ``k3``: exp(ref_logp - logp) - (ref_logp - logp) - 1 = D_{-log}(p_r/p || 1);
   ``k1``: logp - ref_logp (unbiased but signed); ``k2``: (logp - ref_logp)^2 / 2.
@@ -300,7 +300,7 @@ def _g_log(t, t0, dt):
 
 
 def mirror_divergence(logp: jax.Array, ref_logp: jax.Array, params: dict) -> jax.Array:
-    """Neural-mirror D_h(y || y0) [.., T] float32, cancellation-free (PAPER.md section 2).
+    """Neural-mirror D_h(y || y0) [.., T] float32, cancellation-free (arXiv 2602.04380, section 2).
 
     With delta = y - y0, d = w delta, u0 = w y0 + b, u = u0 + d (per unit, blocks of 21):
       u^3:  v w delta^2 ((d + 2 u0)^2 + 2 u0^2) / 4
@@ -397,7 +397,7 @@ def mirror_potential(y: jax.Array, params: dict) -> jax.Array:
 
 
 def neural_mirror(init: str = "reference", seed: int = 42, scale: float = 0.01) -> Divergence:
-    """The 380-parameter neural mirror map (PAPER.md section 2; Alfano et al., ICLR 2025).
+    """The 380-parameter neural mirror map (arXiv 2602.04380, section 2; Alfano et al., ICLR 2025).
 
     params: {"v", "w", "b": [126] float32, "a", "c": [] float32}, the actual (non-negative)
     coefficients: no reparametrisation happens here (that belongs to the ES adapter).

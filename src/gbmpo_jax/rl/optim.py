@@ -2,7 +2,7 @@
 
   tx = chain(clip_by_global_norm(clip_norm), adamw(schedule, b1, b2, eps, weight_decay))
 
-Schedules (Hugging Face names, as used by the paper's TRL runs; PAPER.md section 3):
+Schedules (Hugging Face names, as used by the paper's TRL runs; arXiv 2602.04380 section 3):
 * ``cosine``:   0 -> lr linearly over warmup, then lr (1 + cos(pi s)) / 2, s in [0, 1]
 * ``linear``:   0 -> lr over warmup, then linearly to 0 at total_steps
 * ``constant``: 0 -> lr over warmup, then lr

