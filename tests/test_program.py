@@ -55,11 +55,17 @@ def _single_run(cfg, model, tok, obj, td, steps):
     return state, outs
 
 
-def test_population_member_equals_the_training_step(setup):
+@pytest.fixture(scope="module")
+def single(setup):
+    """Two steps of the single-run program (compiled once for the module)."""
+    return _single_run(*setup, 2)
+
+
+def test_population_member_equals_the_training_step(setup, single):
     """Member 0 of a vmapped population (its mirror map = the run's) follows the single
     run's trajectory: same prompts, keys, completions, rewards and updates."""
     cfg, model, tok, obj, td = setup
-    state, outs = _single_run(cfg, model, tok, obj, td, 2)
+    state, outs = single
     base = program.init_state(cfg, model.params, obj)
     other = es.mirror_adapter()
     z = other.from_params(jax.device_get(obj.div_params))
@@ -84,10 +90,9 @@ def test_population_member_equals_the_training_step(setup):
     assert max(moved) > 1e-6  # the other map made member 1 differ
 
 
-def test_step_records_one_member_axis(setup):
-    cfg, model, tok, obj, td = setup
-    _, outs = _single_run(cfg, model, tok, obj, td, 1)
-    out = outs[0]
+def test_step_records_one_member_axis(setup, single):
+    cfg = setup[0]
+    out = single[1][0]
     n = cfg.rollout.prompts_per_step * cfg.rollout.group_size
     assert out.rewards.shape == out.lengths.shape == out.truncated.shape == (1, n)
     assert len(out.texts) == 1 and len(out.texts[0]) == n == len(out.examples)
