@@ -1,10 +1,11 @@
 """One ES inner step for a population of P=8 mirror maps: `vmap` (one program for all
 members) against 8 sequential members (the same program with a member axis of 1).
 
-Model: the CPU demo's (arith_es_meta: Qwen2-shaped, hidden 128, 4 layers, char tokenizer,
-4 prompts x G=8, 16 new tokens) without its warm-up; quick: the tiny shape (hidden 32,
-2 layers), 2 prompts x G=4, 8 new tokens. One inner step = vmapped rollout + host decode and
-rewards + vmapped update (`population.make_programs(...).inner_step`). Compile is excluded
+Model: the ES demo's (arith_es_meta = the main CPU demo's task and "demo" model: Qwen2-shaped,
+hidden 128, 4 layers, char tokenizer, 16 prompts x G=8, its max_new_tokens) without its
+warm-up; quick: the tiny shape (hidden 32, 2 layers), 2 prompts x G=4, 8 new tokens. One
+inner step = the step program of `rl/program.py` for all members: rollout, log-prob pass,
+host decode and rewards, advantages + update (`population.make_programs(...).inner_step`). Compile is excluded
 (each program is called once first); reported: best and median of interleaved repeats, the
 speed-up sequential / vmap, and compile + first-call seconds. On a shared CPU compare the
 ratio, not the absolute seconds.

@@ -1,9 +1,9 @@
-"""CPU ES demo: evolve the neural mirror map of the tiny arithmetic model (arXiv 2602.04380, section 4).
+"""CPU ES demo: evolve the neural mirror map on the tiny arithmetic model (arXiv 2602.04380 sec. 4).
 
 Launch:   make train EXP=arith_es_meta   (= python -m gbmpo_jax.meta --exp arith_es_meta)
 Smoke:    python -m gbmpo_jax.meta --exp arith_es_meta:smoke   (CI; tiny model, P=8, 2
           generations, no warm-up: 51 s wall on the shared 2-core box)
-Hardware: 2-core CPU, offline, shared with another job (load average 3.5-5.5); peak RSS 5.0 GB.
+Hardware: 2-core CPU, offline; peak RSS 5.0 GB.
 Inner:    the main CPU demo's problem (experiments/default.py, imported): the 0.8M-parameter
           "demo" model, character tokenizer, "a op b =" with teacher_error=0.6, the same
           1,200-step supervised warm-up (AdamW 1e-3 cosine, weight decay 0.1), run once for the
@@ -11,32 +11,41 @@ Inner:    the main CPU demo's problem (experiments/default.py, imported): the 0.
           steps (16 prompts x G=8, Adam lr 1e-4 constant) with objective.divergence=neural_mirror
           at lambda = 30 (the paper's 1e-4 leaves the ~0.01-sized reference coefficients without
           effect here), fitness = greedy accuracy on the 160 validation problems (1 = 0.625 pt).
-ES:       OpenES (antithetic, centered ranks, Adam lr 0.3) over z = softplus^-1(coefficients),
-          sigma 1.0, P = 8, 7 generations, mean evaluated each generation. Reproduces the paper's
-          loop (antithetic candidates, T inner steps from one base and one seed for all members,
-          greedy validation fitness); deviates in P, generations, T, lambda, the task/model and
-          the update rule (meta.strategy=paper meta.sigma=0.01 meta.lr=0.01 meta.sigma_decay=0.99
-          runs the reference's). `compare` uses mirror_mean.npz, --carry best the best member.
-Measured (calibration, same warm-up: base 59.4% greedy validation accuracy, completions 8
-          chars, they stop): after T=20 steps at lambda 30 the reference map scaled x0.01 / x1 /
-          x10 ends at 68.1% / 63.1% / 57.5%, x0.1 at 67.5%: the map's overall strength matters
-          (~10 points). Scaling only c by x0.1 or x10: 62.5% both (c does not matter); three
-          draws z0 + 3*eps: 58.1-58.8% (iid per-coordinate noise barely changes the strength
-          differences between members). Inner lr 3e-4 or 1e-3 constant lowers accuracy in 10
-          steps (51-53% / 4-15%), so 1e-4 it is.
-Measured (full run, commit ec362e6, 30m55s wall incl. the ~4.5-min warm-up, ~4.4 min per
-          generation), in %: gen: population mean / std / max / best-so-far / mean's own fitness
-            1: 63.1 / 0.9 / 64.4 / 64.4 / 63.1     5: 62.7 / 0.9 / 63.8 / 65.0 / 64.4
-            2: 63.7 / 0.8 / 65.0 / 65.0 / 62.5     6: 62.5 / 0.9 / 64.4 / 65.0 / 61.9
-            3: 63.0 / 0.7 / 64.4 / 65.0 / 60.0     7: 62.6 / 0.6 / 63.8 / 65.0 / 61.9
-            4: 62.5 / 0.9 / 64.4 / 65.0 / 65.0
-          NO signal: the curve stays within the generation-1 spread (the mean's fitness wanders
-          60.0-65.0, +-2 problems of inner-run chaos). Why: fitness here depends almost only on
-          the map's overall strength (one direction of 380), which iid perturbations of all
-          coordinates hardly move (member spread 0.6-0.9 pt); the ES mean's geometric-mean
-          coefficient ratio to the start is 1.05 (v), 1.12 (w), 0.91 (b) after 7 generations.
-          A search space with a shared log-scale (an ES-adapter change in src) or many more
-          generations would be needed for a rising curve; not done here.
+ES:       OpenES (antithetic, centered ranks, Adam lr 0.3), sigma 1.0, P = 8, 7 generations,
+          the mean evaluated each generation, over z = (softplus^-1(coefficients), s) with one
+          shared log-scale s: theta = e^s softplus(z) (meta.search_space=softplus_scale).
+          Reproduces the paper's loop (antithetic candidates, T inner steps from one base and
+          one seed for all members, greedy validation fitness, the ES mean carried forward);
+          deviates in P, generations, T, lambda, the task / model, the update rule
+          (meta.strategy=paper meta.sigma=0.01 meta.lr=0.01 meta.sigma_decay=0.99 runs the
+          reference's) and the shared log-scale coordinate (why: below). `compare` uses
+          mirror_mean.npz, --carry best the best member.
+Calibration (same warm-up: base 59.4% greedy validation accuracy, completions 8 chars that
+          stop): after T=20 steps at lambda 30 the reference map scaled x0.01 / x0.1 / x1 /
+          x10 ends at 68.1% / 67.5% / 63.1% / 57.5%: the map's overall strength matters
+          (~10 points). Scaling only c by x0.1 or x10: 62.5% both; three draws z0 + 3*eps:
+          58.1-58.8%. Inner lr 3e-4 or 1e-3 constant lowers accuracy in 10 steps, so 1e-4.
+Measured, without the log-scale (search over the 380 softplus coordinates only; commit
+          ec362e6, 30m55s on a loaded box): NO signal. Population mean 63.1 -> 62.6, the mean's
+          own fitness wandering 60.0-65.0 (+-2 problems), best 65.0 from generation 2 on:
+          iid noise on 380 coordinates hardly moves the overall strength (member spread
+          0.6-0.9 points; the ES mean's coefficient ratio to the start 1.05 / 1.12 / 0.91).
+Measured, this configuration (commit 20d128c, 26m47s wall incl. the warm-up, peak RSS
+          5.0 GB; the 2 cores were shared with the test suite for the first ~21 minutes), in %
+          of the 160 validation problems (1 problem = 0.625):
+            gen  population mean (std)  min..max     best so far   the ES mean's own fitness
+            1    62.9 (1.2)             60.6..65.0   65.0          63.1
+            2    63.0 (1.4)             61.3..65.6   65.6          62.5
+            3    63.7 (4.3)             58.7..70.0   70.0          65.0
+            4    65.5 (2.3)             62.5..70.6   70.6          65.0
+            5    64.6 (1.6)             61.9..66.9   70.6          65.0
+            6    65.2 (1.8)             61.9..67.5   70.6          66.9
+            7    64.7 (2.5)             61.3..67.5   70.6          68.1
+          The ES mean rises from 63.1 to 68.1, above the whole generation-1 population
+          (max 65.0); the population mean by ~2 points. What ES learned is mostly the strength:
+          the mean map's coefficients are 0.13-0.15x the reference's (geometric mean of v, w,
+          b; a 0.34x, c 0.58x), i.e. a ~7x weaker regulariser, the calibration's best region.
+          Curve: docs/es_curve.png (es_curve.png in the run directory).
 """
 
 import default as _demo  # experiments/default.py: the main CPU demo's task and warm-up
