@@ -41,6 +41,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as PS
 
 from gbmpo_jax.rl import program
+from gbmpo_jax.sampler import sampling
 from gbmpo_jax.tasks import episodes
 
 MODES = ("vmap", "mesh", "sequential")
@@ -125,9 +126,7 @@ def make_programs(cfg, model, tokenizer, obj, td: episodes.TrainData, mesh: Mesh
             out = jax.device_get(prog.rollout(states, ids, mask, jax.random.key(0),
                                               obj.eval_sampling))  # fmt: skip
             for i in range(out.tokens.shape[0]):
-                texts = [tokenizer.decode(out.tokens[i, r, : out.lengths[i, r]].tolist(),
-                                          skip_special_tokens=True)
-                         for r in range(len(chunk))]  # fmt: skip
+                texts = sampling.decode(tokenizer, out.tokens[i], out.lengths[i], len(chunk))
                 r = np.asarray(td.task.rewards(texts, chunk, **kw), np.float32)
                 acc.append((i, r))
                 lengths.append((i, out.lengths[i, : len(chunk)]))

@@ -224,11 +224,8 @@ def make_step(program: Program, cfg, td: episodes.TrainData, tokenizer, sampling
                 local = {k: v[None] for k, v in local.items()}
         t_gen = time.monotonic()
         rows = [e for e in examples for _ in range(g)][lo:hi]
-        texts = [
-            [tokenizer.decode(tok[i, : ln[i]].tolist(), skip_special_tokens=True)
-             for i in range(hi - lo)]
-            for tok, ln in zip(local["tokens"], local["lengths"], strict=True)
-        ]  # fmt: skip
+        texts = [sampling.decode(tokenizer, tok, ln, hi - lo)
+                 for tok, ln in zip(local["tokens"], local["lengths"], strict=True)]  # fmt: skip
         rewards = np.stack([td.rewards(tx, rows) for tx in texts]).astype(np.float32)
         t_rew = time.monotonic()
         if multihost:

@@ -439,10 +439,15 @@ def generate_text(
         pad_token_id=pad,
     )
     out = jax.device_get(generate(model, ids, mask, key, config))
-    return [
-        tokenizer.decode(out.tokens[i, : out.lengths[i]].tolist(), skip_special_tokens=True)
-        for i in range(len(prompts))
-    ]
+    return decode(tokenizer, out.tokens, out.lengths)[: len(prompts)]
+
+
+def decode(tokenizer, tokens, lengths, n: int | None = None) -> list[str]:
+    """Completion texts of the first ``n`` (default all) rows of host arrays tokens [N,T]
+    and lengths [N]: the tokens up to each row's length, special tokens dropped."""
+    n = len(lengths) if n is None else n
+    return [tokenizer.decode(tokens[i, : lengths[i]].tolist(), skip_special_tokens=True)
+            for i in range(n)]  # fmt: skip
 
 
 __all__ = [
@@ -450,6 +455,7 @@ __all__ = [
     "Rollout",
     "SamplingConfig",
     "bucket_length",
+    "decode",
     "decode_chunks",
     "default_stop_token_ids",
     "generate",

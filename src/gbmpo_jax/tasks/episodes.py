@@ -131,10 +131,7 @@ def make_generate_fn(model, tokenizer, sampling_cfg, max_prompt_len: int, batch_
         out = jax.device_get(
             generate(model, ids, mask, jax.random.key(0) if key is None else key, sc)
         )
-        texts = [
-            tokenizer.decode(out.tokens[i, : out.lengths[i]].tolist(), skip_special_tokens=True)
-            for i in range(n * num_samples)
-        ]
+        texts = sampling.decode(tokenizer, out.tokens, out.lengths, n * num_samples)
         return [texts[i * num_samples : (i + 1) * num_samples] for i in range(n)]
 
     return generate_fn
