@@ -183,6 +183,11 @@ def test_compare_carries_the_es_mean_by_default_and_the_best_member_by_flag(monk
     assert meta.main([*argv, "--carry", "best"]) == 0
     assert seen == [(tmp_path / "mirror_mean.npz", "mean"), (tmp_path / "mirror_best.npz", "best")]
     assert meta.CARRY["best"][1] == "neural mirror (ES best member)"
+    # the table and the plot land in the workdir
+    assert (
+        "| neural mirror (ES best member) | 50.0 ± 0.0 |" in (tmp_path / "compare.md").read_text()
+    )
+    assert (tmp_path / "compare.png").stat().st_size > 1000
 
 
 def test_compare_defaults_to_the_paper_length_for_paper_es_experiments():

@@ -333,7 +333,7 @@ def compare(
             out = train.run(c, wd, log=log)["final_eval"]
             accs.append(out["final/test_accuracy"])
             lens.append(out["final/test_mean_completion_chars"])
-        rows.append({"method": arm, "acc_mean": float(np.mean(accs)),
+        rows.append({"method": arm, "acc_mean": float(np.mean(accs)), "accs": accs,
                      "acc_std": float(np.std(accs)), "length_mean": float(np.mean(lens)),
                      "seeds": seeds, "test_problems": out["final/test_problems"]})  # fmt: skip
     return rows
@@ -374,6 +374,7 @@ def main(argv=None) -> int:
             if args.seeds < 1:
                 raise config_lib.ConfigError("--seeds must be >= 1")
             rows = compare(cfg, mcfg, mirror, args.seeds, workdir, carry=args.carry)
+            es_report.write_compare(workdir, rows)  # compare.md + compare.png
             print(es_report.table(rows))
             return 0
         summary = run(cfg, mcfg, workdir)

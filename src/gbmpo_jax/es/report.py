@@ -107,6 +107,35 @@ def write_outputs(workdir, history, adapter, best_z, mean_z, init_z) -> dict:
     return out
 
 
+def write_compare(workdir, rows: list[dict]) -> dict:
+    """The comparison as `compare.md` (the markdown `table`) and `compare.png` (per method:
+    mean +- std of the test accuracy, every seed as a dot) in ``workdir``; returns the paths.
+    Rows carry ``accs`` (one test accuracy per seed) besides the `table` fields."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workdir = pathlib.Path(workdir)
+    md = workdir / "compare.md"
+    md.write_text(table(rows) + "\n")
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for i, r in enumerate(rows):
+        accs = 100 * np.asarray(r.get("accs", [r["acc_mean"]]), float)
+        ax.bar(i, accs.mean(), yerr=accs.std(), capsize=6, color=f"C{i}", alpha=0.55)
+        ax.scatter(np.full(accs.shape, i), accs, color="k", s=14, zorder=3)
+    ax.set_xticks(range(len(rows)), [r["method"] for r in rows], fontsize=8)
+    lo = min(100 * min(r.get("accs", [r["acc_mean"]])) for r in rows)
+    ax.set_ylim(max(0.0, lo - 10), None)
+    ax.set_ylabel("test accuracy (%), mean +- std")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    png = workdir / "compare.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return {"table": md, "plot": png}
+
+
 def table(rows: list[dict]) -> str:
     """Markdown table: method | test accuracy mean +- std (%) | mean response length (chars) |
     seeds | test problems scored."""
