@@ -46,6 +46,14 @@ Measured, this configuration (commit 20d128c, 26m47s wall incl. the warm-up, pea
           the mean map's coefficients are 0.13-0.15x the reference's (geometric mean of v, w,
           b; a 0.34x, c 0.58x), i.e. a ~7x weaker regulariser, the calibration's best region.
           Curve: docs/es_curve.png (es_curve.png in the run directory).
+Compare (`python -m gbmpo_jax.meta compare --exp arith_es_meta --seeds 3 --workdir RUN`,
+          commit 9c43475, 49m50s, 12 runs of T=20 steps on the full train split, greedy on
+          the whole test split of 185 problems), test accuracy % mean +- std (seeds 0/1/2):
+          KL (lambda 0.04) 78.4 +- 5.4 (70.8/82.2/82.2); ProbL2 (0.1) 78.6 +- 3.6
+          (73.5/80.5/81.6); mirror, initial map (30) 78.2 +- 4.5 (71.9/81.1/81.6); mirror, ES
+          mean (30) 79.5 +- 4.2 (73.5/82.2/82.7). Best by ~1 point, within the seed spread; no
+          visible narrowing of the spread (the paper: +-0.2 vs +-0.6). Table and plot in the
+          README (docs/es_compare.png) and in RUN/compare.{md,png}.
 """
 
 import default as _demo  # experiments/default.py: the main CPU demo's task and warm-up

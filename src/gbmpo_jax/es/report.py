@@ -16,6 +16,7 @@ and the paper-style comparison table (GBMPO, arXiv 2602.04380, section 5).
 from __future__ import annotations
 
 import pathlib
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -124,7 +125,8 @@ def write_compare(workdir, rows: list[dict]) -> dict:
         accs = 100 * np.asarray(r.get("accs", [r["acc_mean"]]), float)
         ax.bar(i, accs.mean(), yerr=accs.std(), capsize=6, color=f"C{i}", alpha=0.55)
         ax.scatter(np.full(accs.shape, i), accs, color="k", s=14, zorder=3)
-    ax.set_xticks(range(len(rows)), [r["method"] for r in rows], fontsize=8)
+    labels = [textwrap.fill(r["method"], 22) for r in rows]  # long names: several lines
+    ax.set_xticks(range(len(rows)), labels, fontsize=8)
     lo = min(100 * min(r.get("accs", [r["acc_mean"]])) for r in rows)
     ax.set_ylim(max(0.0, lo - 10), None)
     ax.set_ylabel("test accuracy (%), mean +- std")
