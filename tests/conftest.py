@@ -67,3 +67,37 @@ def qwen3_tokenizer(qwen3_tokenizer_dir):
     from gbmpo_jax import models
 
     return models.load_tokenizer(qwen3_tokenizer_dir)
+
+
+class DigitTask:
+    """The arithmetic examples scored by the fraction of digit characters: a dense reward, so
+    a random tiny model gets non-zero advantages and the update moves its params."""
+
+    kind = "math"
+
+    def rewards(self, texts, examples, **kw):
+        return [sum(ch.isdigit() for ch in t) / max(len(t), 1) for t in texts]
+
+
+@pytest.fixture(scope="module")
+def digit_run():
+    """(cfg, model, tokenizer, objective, TrainData) of a tiny random model on the digit
+    reward, neural mirror at lambda 10, 2 steps: inner runs whose members move apart."""
+    from gbmpo_jax import config as C
+    from gbmpo_jax import policy
+    from gbmpo_jax.tasks import episodes
+
+    cfg = C.validate(C.override(C.Config(), **{
+        "model.path": "random", "model.random_shape": "tiny", "model.tokenizer": "char",
+        "task.name": "arithmetic", "task.eval_size": 4, "task.max_prompt_len": 32,
+        "rollout.prompts_per_step": 2, "rollout.group_size": 2, "rollout.max_new_tokens": 4,
+        "rollout.temperature": 1.0, "objective.divergence": "neural_mirror",
+        "objective.coef": 10.0, "objective.mask_truncated_completions": False,
+        "optim.lr": 1e-2, "optim.schedule": "constant", "optim.warmup_ratio": 0.0,
+        "run.steps": 2,
+    }))  # fmt: skip
+    model, tok = policy.load_model_and_tokenizer(cfg)
+    obj = policy.build_objective(cfg, model.config, tok)
+    td = episodes.TrainData.from_config(cfg, tok)
+    td.task = DigitTask()
+    return cfg, model, tok, obj, td

@@ -4,42 +4,16 @@ import jax
 import numpy as np
 import pytest
 
-from gbmpo_jax import config as C
-from gbmpo_jax import policy
 from gbmpo_jax.es import population
 from gbmpo_jax.es import strategies as es
 from gbmpo_jax.rl import divergences
-from gbmpo_jax.tasks import episodes
-
-
-class DigitTask:
-    """The arithmetic examples scored by the fraction of digit characters: a dense reward, so
-    the random tiny model gets non-zero advantages, members' params move apart, and equal
-    results across modes are not the trivial all-zero accuracy."""
-
-    kind = "math"
-
-    def rewards(self, texts, examples, **kw):
-        return [sum(ch.isdigit() for ch in t) / max(len(t), 1) for t in texts]
 
 
 @pytest.mark.slow
 @pytest.mark.essential
-def test_vmap_mesh_and_sequential_give_the_same_fitness():
+def test_vmap_mesh_and_sequential_give_the_same_fitness(digit_run):
     assert len(jax.devices()) == 8
-    cfg = C.validate(C.override(C.Config(), **{
-        "model.path": "random", "model.random_shape": "tiny", "model.tokenizer": "char",
-        "task.name": "arithmetic", "task.eval_size": 4, "task.max_prompt_len": 32,
-        "rollout.prompts_per_step": 2, "rollout.group_size": 2, "rollout.max_new_tokens": 4,
-        "rollout.temperature": 1.0, "objective.divergence": "neural_mirror",
-        "objective.coef": 10.0, "objective.mask_truncated_completions": False,
-        "optim.lr": 1e-2, "optim.schedule": "constant", "optim.warmup_ratio": 0.0,
-        "run.steps": 2,
-    }))  # fmt: skip
-    model, tok = policy.load_model_and_tokenizer(cfg)
-    obj = policy.build_objective(cfg, model.config, tok)
-    td = episodes.TrainData.from_config(cfg, tok)
-    td.task = DigitTask()
+    cfg, model, tok, obj, td = digit_run
     ad = es.mirror_adapter()
     z0 = ad.from_params(jax.device_get(divergences.reference_init()))
     params = ad.to_params(z0 + 2.0 * jax.random.normal(jax.random.key(3), (4, es.DIM)))

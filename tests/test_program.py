@@ -5,40 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gbmpo_jax import config as C
-from gbmpo_jax import policy, seeds
+from gbmpo_jax import seeds
 from gbmpo_jax.es import strategies as es
 from gbmpo_jax.rl import placement, program
 from gbmpo_jax.scale import mesh as mesh_lib
-from gbmpo_jax.tasks import episodes
-
-
-class DigitTask:
-    """Dense reward (fraction of digit characters), so a random tiny model gets non-zero
-    advantages and the update moves the params."""
-
-    kind = "math"
-
-    def rewards(self, texts, examples, **kw):
-        return [sum(ch.isdigit() for ch in t) / max(len(t), 1) for t in texts]
-
-
-@pytest.fixture(scope="module")
-def setup():
-    cfg = C.validate(C.override(C.Config(), **{
-        "model.path": "random", "model.random_shape": "tiny", "model.tokenizer": "char",
-        "task.name": "arithmetic", "task.eval_size": 4, "task.max_prompt_len": 32,
-        "rollout.prompts_per_step": 2, "rollout.group_size": 2, "rollout.max_new_tokens": 4,
-        "rollout.temperature": 1.0, "objective.divergence": "neural_mirror",
-        "objective.coef": 10.0, "objective.mask_truncated_completions": False,
-        "optim.lr": 1e-2, "optim.schedule": "constant", "optim.warmup_ratio": 0.0,
-        "run.steps": 2,
-    }))  # fmt: skip
-    model, tok = policy.load_model_and_tokenizer(cfg)
-    obj = policy.build_objective(cfg, model.config, tok)
-    td = episodes.TrainData.from_config(cfg, tok)
-    td.task = DigitTask()
-    return cfg, model, tok, obj, td
 
 
 def _single_run(cfg, model, tok, obj, td, steps):
@@ -56,15 +26,15 @@ def _single_run(cfg, model, tok, obj, td, steps):
 
 
 @pytest.fixture(scope="module")
-def single(setup):
+def single(digit_run):
     """Two steps of the single-run program (compiled once for the module)."""
-    return _single_run(*setup, 2)
+    return _single_run(*digit_run, 2)
 
 
-def test_population_member_equals_the_training_step(setup, single):
+def test_population_member_equals_the_training_step(digit_run, single):
     """Member 0 of a vmapped population (its mirror map = the run's) follows the single
     run's trajectory: same prompts, keys, completions, rewards and updates."""
-    cfg, model, tok, obj, td = setup
+    cfg, model, tok, obj, td = digit_run
     state, outs = single
     base = program.init_state(cfg, model.params, obj)
     other = es.mirror_adapter()
@@ -90,8 +60,8 @@ def test_population_member_equals_the_training_step(setup, single):
     assert max(moved) > 1e-6  # the other map made member 1 differ
 
 
-def test_step_records_one_member_axis(setup, single):
-    cfg = setup[0]
+def test_step_records_one_member_axis(digit_run, single):
+    cfg = digit_run[0]
     out = single[1][0]
     n = cfg.rollout.prompts_per_step * cfg.rollout.group_size
     assert out.rewards.shape == out.lengths.shape == out.truncated.shape == (1, n)

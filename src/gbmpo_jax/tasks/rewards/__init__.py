@@ -8,9 +8,7 @@ that runs inside it).
 
 from gbmpo_jax.tasks.rewards.code import build_program, code_rewards, extract_code
 from gbmpo_jax.tasks.rewards.math import extract_answer, gsm8k_reward
-from gbmpo_jax.tasks.rewards.sandbox import (
-    SANDBOX_MODES as SANDBOXES,
-)
+from gbmpo_jax.tasks.rewards.sandbox import SANDBOX_MODES as SANDBOXES
 from gbmpo_jax.tasks.rewards.sandbox import (
     CodeJob,
     CodeResult,
