@@ -230,3 +230,13 @@ def test_search_space_is_checked_once_by_name():
         meta.validate_meta(meta.MetaCfg(strategy="paper", search_space="softplus_scale"))
     with pytest.raises(C.ConfigError, match="meta.search_space"):
         meta.validate_meta(meta.MetaCfg(search_space="log"))
+
+
+def test_member_chunk_is_checked_and_auto_follows_the_row_budget():
+    with pytest.raises(C.ConfigError, match="meta.member_chunk"):
+        meta.validate_meta(meta.MetaCfg(member_chunk=-1))
+    budget = population.ROWS_PER_ITERATION["cpu"]
+    assert population.auto_chunk(8, 8, "cpu") == min(8, budget // 8)
+    assert population.auto_chunk(4 * budget, 8, "cpu") == 1  # never 0
+    assert population.auto_chunk(1, 8, "cpu") == 8  # never more than P
+    assert population.auto_chunk(128, 8, "gpu") == 8  # accelerators batch the population

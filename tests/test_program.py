@@ -31,9 +31,11 @@ def single(digit_run):
     return _single_run(*digit_run, 2)
 
 
-def test_population_member_equals_the_training_step(digit_run, single):
-    """Member 0 of a vmapped population (its mirror map = the run's) follows the single
-    run's trajectory: same prompts, keys, completions, rewards and updates."""
+@pytest.mark.parametrize("chunk", [None, 1])
+def test_population_member_equals_the_training_step(digit_run, single, chunk):
+    """Member 0 of a population (its mirror map = the run's) follows the single run's
+    trajectory: same prompts, keys, completions, rewards and updates, whether the members
+    are vmapped together (chunk None) or looped one at a time inside the program (1)."""
     cfg, model, tok, obj, td = digit_run
     state, outs = single
     base = program.init_state(cfg, model.params, obj)
@@ -43,7 +45,7 @@ def test_population_member_equals_the_training_step(digit_run, single):
     members = jax.tree.map(lambda x: np.repeat(np.asarray(x)[None], 2, axis=0), base)
     members = members.__class__(**{**members.__dict__, "frozen": base.frozen,
                                    "div_coef": base.div_coef, "div_params": div})  # fmt: skip
-    prog = program.make_program(model.config, obj, members=True, base_state=base)
+    prog = program.make_program(model.config, obj, members=True, member_chunk=chunk)
     step = program.make_step(prog, cfg, td, tok, obj.sampling)
     for t in range(1, 3):
         members, out = step(members, t)
@@ -54,7 +56,9 @@ def test_population_member_equals_the_training_step(digit_run, single):
             np.testing.assert_allclose(out.metrics[k][0], single.metrics[k], rtol=1e-4,
                                        atol=1e-7, err_msg=k)  # fmt: skip
     for a, b in zip(jax.tree.leaves(members.params), jax.tree.leaves(state.params), strict=True):
-        np.testing.assert_allclose(np.asarray(a)[0], np.asarray(b), rtol=1e-4, atol=1e-6)
+        # atol: Adam's normalised step turns the rounding of near-zero gradient entries into
+        # ~1e-6 differences (unbatched vs batched matmuls sum in different orders)
+        np.testing.assert_allclose(np.asarray(a)[0], np.asarray(b), rtol=1e-4, atol=1e-5)
     moved = [np.abs(np.asarray(a)[0] - np.asarray(a)[1]).max()
              for a in jax.tree.leaves(members.params)]  # fmt: skip
     assert max(moved) > 1e-6  # the other map made member 1 differ

@@ -77,6 +77,9 @@ class MetaCfg:
     lr: float = 0.05  # mean step (Adam for open_es, sgd for snes, raw step for paper: 0.01)
     sigma_decay: float = 1.0  # per generation (open_es, paper)
     population_mode: str = "vmap"  # vmap | mesh | sequential (population.MODES)
+    # vmap mode: members vmapped together per loop iteration of the one program; 0 = auto
+    # (population.auto_chunk: by backend and rows per member), P = all at once
+    member_chunk: int = 0
     seed: int = 0  # ES keys: fold_in(key(seed), generation)
     eval_mean: bool = True  # also run the mean candidate each generation (the curve)
     keep: int = 3  # ES checkpoints kept
@@ -110,6 +113,7 @@ def validate_meta(m: MetaCfg) -> MetaCfg:
     check(m.population_mode in population.MODES, "population_mode",
           f"{m.population_mode!r} not in {list(population.MODES)}")  # fmt: skip
     check(m.keep >= 1, "keep", "must be >= 1")
+    check(m.member_chunk >= 0, "member_chunk", f"{m.member_chunk}: must be >= 0 (0 = auto)")
     return m
 
 
@@ -181,7 +185,13 @@ def _run(cfg: config_lib.Config, mcfg: MetaCfg, workdir, *, log=print) -> dict:
     strategy = es.get(mcfg.strategy, mcfg.pop_size, sigma=mcfg.sigma, lr=mcfg.lr,
                       sigma_decay=mcfg.sigma_decay, dim=adapter.dim)  # fmt: skip
     z0 = adapter.from_params(jax.device_get(obj.div_params))
-    programs = {"vmap": population.make_programs(cfg, model, tokenizer, obj, td)}
+    chunk = mcfg.member_chunk or population.auto_chunk(
+        cfg.rollout.prompts_per_step * cfg.rollout.group_size, mcfg.pop_size
+    )
+    programs = {"vmap": population.make_programs(cfg, model, tokenizer, obj, td,
+                                                 member_chunk=chunk)}  # fmt: skip
+    if mcfg.population_mode == "vmap":
+        log(f"population: {mcfg.pop_size} members, {chunk} vmapped per program iteration")
     if mcfg.population_mode == "mesh":
         mesh = population.pop_mesh(mcfg.pop_size)
         programs["mesh"] = population.make_programs(cfg, model, tokenizer, obj, td, mesh)
@@ -285,8 +295,9 @@ def _warm_base(cfg, model, obj, td, tokenizer, log):
 
 def _check_same(saved: dict, now: dict) -> None:
     checkpoint.check_compatible(saved["config"], config_lib.from_dict(now["config"]))
+    # member_chunk only regroups the same per-member programs (speed, float rounding)
     resumable = {"generations", "keep", "compare_kl_coef", "compare_probl2_coef", "compare_steps",
-                 "compare_train_split"}  # fmt: skip
+                 "compare_train_split", "member_chunk"}  # fmt: skip
     bad = {k: (v, now["meta_config"].get(k)) for k, v in saved["meta_config"].items()
            if k not in resumable and now["meta_config"].get(k) != v}  # fmt: skip
     if bad:

@@ -14,18 +14,21 @@ coefficient are shared (``in_axes=None``), so P members cost P policies, not 2P.
 greedy accuracy (binary reward, pass@1 for code) on the fixed validation subset
 (`TrainData.eval_examples`).
 
-Modes (`run_population(..., mode)`), same fitness for the same seeds:
-  * ``vmap``: all P members in one program per step on the default device.
-  * ``mesh``: the same programs with the member axis sharded over a ``pop`` mesh axis
-    (``Mesh(devices.reshape(pop, data), ("pop", "data"))``, Auto axis types); each member
-    lives on its own slice of devices, the shared reference is replicated.
+Modes (`run_population(..., mode)`), same fitness for the same seeds (to float rounding):
+  * ``vmap``: all P members in one program per step on the default device; inside it the
+    members run ``member_chunk`` at a time (`program._over_members`: a loop over groups of
+    vmapped members; chunk P = one vmap, 1 = one unbatched member per iteration). The
+    default (`auto_chunk`) batches as many members as the backend's row budget allows.
+  * ``mesh``: the members vmapped together with the member axis sharded over a ``pop`` mesh
+    axis (``Mesh(devices.reshape(pop, data), ("pop", "data"))``, Auto axis types); each
+    member lives on its own slice of devices, the shared reference is replicated.
   * ``sequential``: one member at a time, through the same programs with a member axis of 1
-    (one code path, so the three modes cannot drift apart).
+    called once per member (one code path, so the three modes cannot drift apart).
 
-Measured (bench/es_bench.py, 2-core shared CPU, P=8): vmap is not faster than sequential
-there (demo model 13.1 s vs 11.9 s per inner step, compute-bound; tiny model 0.4-1.2x, noisy),
-so on CPU `sequential` is as good; vmap's gain is expected where one member underuses the
-device (accelerators), not yet measured.
+Measured (bench/es_bench.py, idle 2-core CPU, P=8, one inner step; BENCHMARKS.md): at the ES
+demo's shape (128 rows per member) one member fills the cores, and vmapping all 8 is 0.64x
+sequential while the in-program loop (chunk 1, the automatic choice) is 1.33x; at the "tiny"
+shape (8 rows) vmapping all 8 (automatic) is 2.75x. Accelerators: not yet measured.
 """
 
 from __future__ import annotations
@@ -58,6 +61,22 @@ class Programs(NamedTuple):
     evaluate: Any  # (states) -> InnerResult without the inner/* training aux
 
 
+# rows (prompts x G) one program iteration should batch, per backend: on a CPU one member of
+# the demo shape (128 rows) already keeps the cores busy and P-wide batched matmuls only cost
+# (measured: bench/es_bench.py, BENCHMARKS.md); an accelerator wants far larger batches
+# (a guess until measured on one).
+ROWS_PER_ITERATION = {"cpu": 64}
+ROWS_PER_ITERATION_DEFAULT = 4096
+
+
+def auto_chunk(rows_per_member: int, pop_size: int, platform: str | None = None) -> int:
+    """Members to vmap together (`program._over_members`): as many as fit the backend's row
+    budget, at least 1, at most P."""
+    platform = platform or jax.default_backend()
+    budget = ROWS_PER_ITERATION.get(platform, ROWS_PER_ITERATION_DEFAULT)
+    return max(1, min(pop_size, budget // max(rows_per_member, 1)))
+
+
 def pop_mesh(pop_size: int, devices=None) -> Mesh:
     """(pop, data) mesh: the largest pop axis that divides both P and the device count."""
     devices = list(devices if devices is not None else jax.devices())
@@ -67,13 +86,21 @@ def pop_mesh(pop_size: int, devices=None) -> Mesh:
     return Mesh(grid, ("pop", "data"))
 
 
-def make_programs(cfg, model, tokenizer, obj, td: episodes.TrainData, mesh: Mesh | None = None):
+def make_programs(cfg, model, tokenizer, obj, td: episodes.TrainData, mesh: Mesh | None = None,
+                  member_chunk: int | None = None):  # fmt: skip
     """The population programs for the run config ``cfg`` (see module doc): the step program
-    of `program.py` vmapped over members, and greedy fitness."""
+    of `program.py` mapped over members (``member_chunk`` vmapped at a time, None = all; a
+    ``mesh`` always vmaps all, its member axis is sharded), and greedy fitness."""
     mc = model.config
     base = program.init_state(cfg, model.params, obj)
     axes = program.member_axes(base)
-    prog = program.make_program(mc, obj, dtype=cfg.model.dtype, members=True, base_state=base)
+    prog = program.make_program(
+        mc,
+        obj,
+        dtype=cfg.model.dtype,
+        members=True,
+        member_chunk=None if mesh is not None else member_chunk,
+    )
     step = program.make_step(prog, cfg, td, tokenizer, obj.sampling)
     max_prompt = cfg.task.max_prompt_len
     pad = obj.sampling.pad_token_id

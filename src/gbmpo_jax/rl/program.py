@@ -30,6 +30,7 @@ host and device halves only overlaps work.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -63,6 +64,10 @@ def init_state(cfg, params, obj) -> TrainState:
         obj.step_cfg,
         key=seeds.key(cfg.run.seed, seeds.STATE_INIT),
     )  # fmt: skip
+
+
+# the fields of a population state that all members share (`member_axes`: None)
+SHARED = ("frozen", "div_coef")
 
 
 class MemberFns(NamedTuple):
@@ -100,14 +105,11 @@ def member_fns(model_config, obj, dtype=None) -> MemberFns:
 
 
 def member_axes(state: TrainState) -> TrainState:
-    """vmap axes of a population state: 0 for what a member owns, None for the shared
-    frozen reference and divergence coefficient."""
-    zero = lambda t: jax.tree.map(lambda _: 0, t)  # noqa: E731
-    return TrainState(
-        step=0, params=zero(state.params), opt_state=zero(state.opt_state),
-        frozen=jax.tree.map(lambda _: None, state.frozen), div_params=zero(state.div_params),
-        div_coef=None, skipped_in_row=0, skipped_total=0,
-    )  # fmt: skip
+    """vmap axes of a population state: 0 for what a member owns, None for the `SHARED`
+    fields (the frozen reference and the divergence coefficient)."""
+    mine, shared = _split(state)
+    none = {f: jax.tree.map(lambda _: None, v) for f, v in shared.items()}
+    return _merge(jax.tree.map(lambda _: 0, mine), none)
 
 
 class Program(NamedTuple):
@@ -133,10 +135,10 @@ def _join(prompt_ids, tokens, prompt_mask, mask, truncated):
 
 
 def make_program(model_config, obj, *, dtype=None, members=False, mesh=None, state_sh=None,
-                 base_state=None) -> Program:  # fmt: skip
+                 member_chunk: int | None = None) -> Program:  # fmt: skip
     """``members=False``: compiled for one state on ``mesh`` (``state_sh`` its shardings, from
-    `placement.shard_state`); ``members=True``: vmapped over the member axis of a population state
-    (``base_state``, one member's state, gives the axes)."""
+    `placement.shard_state`); ``members=True``: mapped over the member axis of a population
+    state, ``member_chunk`` members vmapped at a time (None: all; see `_over_members`)."""
     fns = member_fns(model_config, obj, dtype)
     if not members:
         params_sh = placement.param_shardings(model_config, mesh)
@@ -150,25 +152,67 @@ def make_program(model_config, obj, *, dtype=None, members=False, mesh=None, sta
         return Program(False, merged, rollout, _score_batch(score),
                        mesh_lib.jit_update(fns.learn, state_sh, mesh), generate)  # fmt: skip
 
-    axes = member_axes(base_state)
-    roll = jax.jit(
-        lambda tr, fr, ids, mask, key, sc: jax.vmap(
-            lambda t: fns.rollout(t, fr, ids, mask, key, sc)
-        )(tr),
-        static_argnums=5,
-    )
-    score = jax.jit(jax.vmap(fns.score, in_axes=(axes, 0, 0, None)), static_argnums=3)
-    learn = jax.jit(
-        jax.vmap(fns.learn, in_axes=(axes, 0, None), out_axes=(axes, 0)), donate_argnums=0
-    )
+    over = _over_members(member_chunk)
 
+    def roll(trainable, frozen, ids, mask, key, sc):
+        return over(lambda tr, _: fns.rollout(tr, frozen, ids, mask, key, sc), trainable, None)
+
+    def score(state, input_ids, attention_mask, completion_len: int):
+        def one(m, shared):
+            st = _merge(m[0], shared)
+            return fns.score(st, m[1], m[2], completion_len)
+
+        return over(one, (_split(state)[0], input_ids, attention_mask), _split(state)[1])
+
+    def learn(state, batch, key):
+        mine, shared = _split(state)
+
+        def one(m, shared):
+            st, metrics = fns.learn(_merge(m[0], shared), m[1], key)
+            return _split(st)[0], metrics
+
+        mine, metrics = over(one, (mine, batch), shared)
+        return _merge(mine, shared), metrics
+
+    roll = jax.jit(roll, static_argnums=5)
     return Program(
         True,
         jax.jit(jax.vmap(fns.policy, in_axes=(0, None))),
         lambda st, ids, mask, key, sc: roll(st.params, st.frozen, ids, mask, key, sc),
-        _score_batch(score),
-        learn,
+        _score_batch(jax.jit(score, static_argnums=3)),
+        jax.jit(learn, donate_argnums=0),
     )
+
+
+def _split(state: TrainState) -> tuple[TrainState, dict]:
+    """(the member-owned part with the shared fields set to None, the shared fields)."""
+    shared = {f: getattr(state, f) for f in SHARED}
+    return dataclasses.replace(state, **dict.fromkeys(SHARED)), shared
+
+
+def _merge(mine: TrainState, shared: dict) -> TrainState:
+    return dataclasses.replace(mine, **shared)
+
+
+def _over_members(chunk: int | None):
+    """``over(fn, mapped, shared)``: ``fn(member_slice, shared)`` for every member of
+    ``mapped`` (pytree with a leading member axis P), stacked along P.
+
+    ``chunk`` None or >= P: one ``jax.vmap`` over all P members. Otherwise ``lax.map`` with
+    ``batch_size=chunk``: a loop inside the same program over groups of ``chunk`` vmapped
+    members (chunk 1 = one member per iteration, unbatched matmuls). Where one member
+    already fills the device (a CPU at the demo shape) the loop is faster than the P-wide
+    batched matmuls and than P separate programs; where it does not, vmap is (BENCHMARKS.md).
+    """
+
+    def over(fn, mapped, shared):
+        p = jax.tree.leaves(mapped)[0].shape[0]
+        one = lambda m: fn(m, shared)  # noqa: E731
+        if chunk is None or chunk >= p:
+            return jax.vmap(one)(mapped)
+        return jax.lax.map(one, mapped, batch_size=chunk)
+
+    return over
 
 
 def _score_batch(score):
