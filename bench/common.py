@@ -107,6 +107,8 @@ def machine() -> dict:
     """Facts that make a number comparable: host, cores, load, library versions."""
     import jax
 
+    from gbmpo_jax.scale import host
+
     info = {
         "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
         "host": platform.node(),
@@ -117,6 +119,8 @@ def machine() -> dict:
         "jax": jax.__version__,
         "jax_backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()[:1]],
+        # the malloc of this process (the workers inherit LD_PRELOAD): see scale/host.py
+        "allocator": host.allocator(),
         "commit": git_commit(),
     }
     for name in ("torch", "transformers", "trl"):

@@ -134,7 +134,8 @@ def log_row(doc: dict) -> str:
     status = {k: v["status"] for k, v in doc["sections"].items() if v["status"] != "ok"}
     cells = [
         m["date_utc"],
-        f"{m['host']} {m['cpu_count']} cores, load {m['load_avg_1_5_15'][0]}",
+        f"{m['host']} {m['cpu_count']} cores, load {m['load_avg_1_5_15'][0]}, "
+        f"{m.get('allocator', 'libc')}",
         m["commit"],
         f"jax {m['jax']} / torch {m['torch']} / trl {m['trl']}",
         f"{s.get('matmul_peak_gflop_per_s', '-')}",

@@ -137,3 +137,17 @@ def test_checks_read_the_registries(monkeypatch):
     assert cfg.objective.divergence == "my_div"
     with pytest.raises(C.ConfigError, match=r"objective\.divergence='kll'.*my_div"):
         C.override(C.Config(), **{"objective.divergence": "kll"})
+
+
+def test_scan_layers_reaches_the_model_config_and_resumes():
+    from gbmpo_jax import policy
+    from gbmpo_jax.workdir import checkpoint
+
+    base = C.override(C.Config(), **{"model.path": "random", "model.tokenizer": "char",
+                                     "model.random_shape": "tiny"})  # fmt: skip
+    for flag in (True, False):
+        cfg = C.override(base, **{"model.scan_layers": str(flag).lower()})
+        model, _ = policy.load_model_and_tokenizer(cfg)
+        assert model.config.scan_layers is flag
+    # a speed knob: a checkpoint written with the scan resumes unrolled
+    checkpoint.check_compatible(C.to_dict(base), C.override(base, **{"model.scan_layers": "false"}))

@@ -42,6 +42,9 @@ class ModelCfg:
     dtype: str = "float32"  # parameter dtype: float32 | bfloat16
     compute_dtype: str = "float32"  # matmul dtype; logits and log-probs are always fp32
     remat: bool = False
+    # training forward/backward over the layers: scan (compile once per depth) or unrolled
+    # (false: faster on CPU, longer compile); see models.config.ModelConfig.scan_layers
+    scan_layers: bool = True
 
 
 @dataclass(frozen=True)

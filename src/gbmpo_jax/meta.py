@@ -56,6 +56,7 @@ from gbmpo_jax.es import population
 from gbmpo_jax.es import report as es_report
 from gbmpo_jax.es import strategies as es
 from gbmpo_jax.rl.divergences import validate_mirror_params
+from gbmpo_jax.scale import host
 from gbmpo_jax.workdir import checkpoint, lock, metrics
 
 DONE_MARKER = "DONE"
@@ -178,6 +179,8 @@ def _run(cfg: config_lib.Config, mcfg: MetaCfg, workdir, *, log=print) -> dict:
     from gbmpo_jax.train import setup
 
     model, tokenizer, obj, td = setup(cfg)
+    if note := host.allocator_note(jax.default_backend()):
+        log(note)
     if cfg.warmup.steps:
         model = _warm_base(cfg, model, obj, td, tokenizer, log)
     space = "coef" if mcfg.strategy == "paper" else mcfg.search_space

@@ -78,6 +78,14 @@ def load_tokenizer(cfg: Config):
 
 
 def load_model_and_tokenizer(cfg: Config):
+    model, tokenizer = _load(cfg)
+    if model.config.scan_layers != cfg.model.scan_layers:
+        mc = dataclasses.replace(model.config, scan_layers=cfg.model.scan_layers)
+        model = models.Model(mc, model.params)
+    return model, tokenizer
+
+
+def _load(cfg: Config):
     tokenizer = load_tokenizer(cfg)
     if cfg.model.path == "random":
         mc = presets.model_config(

@@ -45,7 +45,7 @@ from gbmpo_jax import errors, experiment, models, policy
 from gbmpo_jax.rl import placement
 from gbmpo_jax.rl import program as program_lib
 from gbmpo_jax.rl.train_step import check_skips
-from gbmpo_jax.scale import distributed, memory
+from gbmpo_jax.scale import distributed, host, memory
 from gbmpo_jax.scale import mesh as mesh_lib
 from gbmpo_jax.sft import WARMUP_CKPT, supervised_warmup
 from gbmpo_jax.tasks import episodes
@@ -142,6 +142,9 @@ def run(cfg: config_lib.Config, workdir, *, log=print) -> dict:
 def _run(cfg: config_lib.Config, workdir: pathlib.Path, log, preempted: _Preempted) -> dict:
     is_main = jax.process_index() == 0
     model, tokenizer, obj, task = setup(cfg)
+    note = host.allocator_note(jax.default_backend())
+    if note and is_main:
+        log(note)
     if not cfg.task.eval_size:
         log("task.eval_size=0: this run has no held-out evaluation (no eval/* metrics)")
     mc = model.config

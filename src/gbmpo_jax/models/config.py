@@ -64,6 +64,11 @@ class ModelConfig:
     max_position_embeddings: int = 4096
     compute_dtype: str = "float32"
     remat: bool = False
+    # layer loop of the training forward/backward: a `lax.scan` over the stacked layers
+    # (compile time independent of depth) or unrolled (False: faster steps on XLA:CPU,
+    # measured 1.1-1.4x on the update; compile time grows with depth). Decode is always
+    # unrolled (`unstack_layers`).
+    scan_layers: bool = True
     bos_token_id: int | None = None
     eos_token_id: tuple[int, ...] = ()
     pad_token_id: int | None = None

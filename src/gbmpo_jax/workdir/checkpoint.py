@@ -46,6 +46,7 @@ from gbmpo_jax import config as config_lib
 # Fields that may differ between the run that saved and the run that resumes (they do not
 # change the trajectory up to the saved step).
 RESUMABLE_CHANGES = (
+    "model.scan_layers",  # the same math, another loop (float rounding only)
     "run.steps",
     "run.log_every",
     "run.eval_every",
