@@ -168,8 +168,11 @@ def test_arithmetic_terse_prompt_fits_32_char_tokens():
             ex.prompt, add_generation_prompt=True, tokenize=True, return_dict=False
         )
         assert len(ids) <= 32
-    with pytest.raises(ValueError, match="'tutor', 'bare' or 'terse'"):
+    with pytest.raises(ValueError, match="'tutor', 'bare', 'terse' or 'direct'"):
         data.load_split("arithmetic", "validation", options={**opts, "style": "short"})
+    direct = data.load_split("arithmetic", "validation", options={**opts, "style": "direct"})
+    assert direct[0].prompt == [{"role": "user", "content": bare[0].prompt[0]["content"]
+                                 + " Reply with just the number."}]  # fmt: skip
     with pytest.raises(ValueError, match="terse style needs"):
         prompts.arithmetic_messages("Compute 3 + 4", "terse")
 

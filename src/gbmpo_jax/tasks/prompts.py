@@ -38,16 +38,23 @@ def arithmetic_messages(question: str, style: str = "tutor") -> Messages:
     question alone as the user turn, for character-level tiny models where a 90-character
     system prompt would triple the sequence length of the CPU demo. ``terse``: only the
     expression and ``=`` (``"What is 3 + 4?"`` -> ``"3 + 4 ="``), so that a chat-templated
-    3-operand single-digit prompt fits 32 character tokens (the next shorter padding bucket)."""
+    3-operand single-digit prompt fits 32 character tokens (the next shorter padding bucket).
+    ``direct``: the question and "Reply with just the number." as the user turn, under the
+    model's own default system prompt: a short greedy answer from a real instruct model
+    (SmolLM2-135M-Instruct answers most "What is 37 + 48?" prompts with a number and stops)."""
     if style == "tutor":
         return gsm8k_messages(question)
     if style == "bare":
         return [{"role": "user", "content": question}]
+    if style == "direct":
+        return [{"role": "user", "content": f"{question} Reply with just the number."}]
     if style == "terse":
         if not (question.startswith("What is ") and question.endswith("?")):
             raise ValueError(f"terse style needs a 'What is <expr>?' question, got {question!r}")
         return [{"role": "user", "content": question[len("What is ") : -1] + " ="}]
-    raise ValueError(f"arithmetic prompt style {style!r}: use 'tutor', 'bare' or 'terse'")
+    raise ValueError(
+        f"arithmetic prompt style {style!r}: use 'tutor', 'bare', 'terse' or 'direct'"
+    )
 
 
 def mbpp_messages(text: str, tests: Sequence[str]) -> Messages:
