@@ -3,7 +3,8 @@
 Launch:   make train EXP=arith_es_meta   (= python -m gbmpo_jax.meta --exp arith_es_meta)
 Smoke:    python -m gbmpo_jax.meta --exp arith_es_meta:smoke   (CI; tiny model, P=8, 2
           generations, no warm-up: 51 s wall on the shared 2-core box)
-Hardware: 2-core CPU, offline; peak RSS 5.0 GB.
+Hardware: 2-core CPU, offline; 10m45s wall, peak RSS 2.3 GB (idle machine, tcmalloc,
+          members looped inside one program: commit bb599ae).
 Inner:    the main CPU demo's problem (experiments/default.py, imported): the 0.8M-parameter
           "demo" model, character tokenizer, "a op b =" with teacher_error=0.6, the same
           1,200-step supervised warm-up (AdamW 1e-3 cosine, weight decay 0.1), run once for the
@@ -46,6 +47,9 @@ Measured, this configuration (commit 20d128c, 26m47s wall incl. the warm-up, pea
           the mean map's coefficients are 0.13-0.15x the reference's (geometric mean of v, w,
           b; a 0.34x, c 0.58x), i.e. a ~7x weaker regulariser, the calibration's best region.
           Curve: docs/es_curve.png (es_curve.png in the run directory).
+          Re-run with the members looped inside one program (meta.member_chunk auto = 1 on
+          this CPU) and tcmalloc preloaded (commit bb599ae, idle 2-core machine): the same
+          table to the last digit, every generation; 10m45s wall, peak RSS 2.3 GB.
 Compare (`python -m gbmpo_jax.meta compare --exp arith_es_meta --seeds 3 --workdir RUN`,
           commit 9c43475, 49m50s, 12 runs of T=20 steps on the full train split, greedy on
           the whole test split of 185 problems), test accuracy % mean +- std (seeds 0/1/2):
