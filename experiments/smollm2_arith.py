@@ -1,0 +1,58 @@
+"""SmolLM2-135M-Instruct learns two-digit addition from rewards alone, on a 2-core CPU.
+
+Launch:   make train EXP=smollm2_arith   (ARGS="run.seed=S" for another seed)
+Hardware: a 2-core CPU, offline (the GGUF `make install` ships); no warm-up, no teacher.
+What:     the real pretrained instruct model answers "What is 37 + 48? Reply with just the
+          number." (task option style=direct, its own default system prompt) greedily; RL on
+          the exact-answer reward (GBMPO with ProbL2 towards the frozen start, Dr. GRPO
+          advantages and loss) raises its held-out greedy accuracy.
+Status:   calibrated (seed 0, 24 steps: 20.8% -> 68.8% on 96 validation problems); the 3-seed
+          measurement follows.
+"""
+
+import _paper
+
+from gbmpo_jax.config import Config, override
+
+
+def get_config(variant: str = ""):
+    cfg = override(
+        Config(),
+        **{
+            "name": "smollm2_arith",
+            "model.path": "smollm2",
+            "model.scan_layers": False,  # the CPU setting (README "Speed on a CPU")
+            "task.name": "arithmetic",
+            "task.options": (
+                ("digits", "2"),
+                ("operands", "2"),
+                ("operations", "+"),
+                ("style", "direct"),
+            ),  # fmt: skip
+            "task.train_split": "train",
+            "task.eval_split": "validation",
+            "task.eval_size": 200,
+            "task.final_eval_split": "test",  # all 810 test problems after the last step
+            "task.final_eval_size": 0,
+            "task.max_prompt_len": 64,
+            "rollout.prompts_per_step": 8,
+            "rollout.group_size": 8,
+            # T = 1 samples ramble past the length limit (90% truncated, rewards 3-5%); at 0.7
+            # a quarter of the samples are right, enough signal for groups of 8
+            "rollout.max_new_tokens": 16,
+            "rollout.temperature": 0.7,
+            "objective.divergence": "prob_l2",
+            "objective.coef": 0.1,
+            # keep truncated rows in the loss: masked out, the only negative signal falls on
+            # short wrong answers and the policy learns to stop answering (measured: 4 steps
+            # at lr 1e-5 took greedy accuracy from 20.8% to 0, answers 14 -> 25 characters)
+            "objective.mask_truncated_completions": False,
+            "optim.lr": 3e-6,
+            "optim.schedule": "constant",
+            "optim.warmup_ratio": 0.0,
+            "run.steps": 30,
+            "run.eval_every": 10,
+            "run.save_every_steps": 10,
+        },
+    )
+    return _paper.smoke(cfg) if variant == "smoke" else cfg
