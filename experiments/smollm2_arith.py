@@ -1,13 +1,26 @@
 """SmolLM2-135M-Instruct learns two-digit addition from rewards alone, on a 2-core CPU.
 
 Launch:   make train EXP=smollm2_arith   (ARGS="run.seed=S" for another seed)
-Hardware: a 2-core CPU, offline (the GGUF `make install` ships); no warm-up, no teacher.
+Hardware: a 2-core CPU, offline (the GGUF `make install` ships), about 16 minutes, 19 GB RAM;
+          no warm-up, no teacher.
 What:     the real pretrained instruct model answers "What is 37 + 48? Reply with just the
           number." (task option style=direct, its own default system prompt) greedily; RL on
           the exact-answer reward (GBMPO with ProbL2 towards the frozen start, Dr. GRPO
           advantages and loss) raises its held-out greedy accuracy.
-Status:   calibrated (seed 0, 24 steps: 20.8% -> 68.8% on 96 validation problems); the 3-seed
-          measurement follows.
+Measured: (idle 2-core machine, commit eff2073, tcmalloc preloaded) greedy accuracy on the 200
+          validation problems (the same 200 for every seed) at step 0 -> 10 -> 20 -> 30:
+          seed 0 19.5 -> 42.5 -> 59.5 -> 67.0% (+47.5 points, 15m21s wall), seed 1 19.5 ->
+          45.5 -> 59.0 -> 67.5% (+48.0, 16m31s), seed 2 19.5 -> 48.0 -> 60.0 -> 63.5%
+          (+44.0, 15m52s); the 200 test problems: 25.5% at the start (`gbmpo_jax.evaluate
+          --model smollm2 ... --max-new-tokens 16`) -> 66.0 / 63.5 / 63.0%. ~23 s a step
+          (rollout ~2 s, update ~19 s, full fine-tuning, 30 layers unrolled); peak RSS 19 GB
+          (activations of 64 rows x 30 layers kept for the backward: objective.micro_batches
+          or model.remat=true for machines with less memory).
+Tuning:   at T = 1 the samples ramble past the length limit (90% truncated, rewards 3-5%); with
+          truncated rows masked out of the loss, 4 steps at lr 1e-5 took greedy accuracy
+          20.8% -> 0% (only short wrong answers were penalised, so the policy stopped
+          answering briefly). Calibration (seed 0, 96 validation problems, lr 3e-6, eval
+          every 6 steps): 20.8 -> 35.4 -> 44.8 -> 57.3 -> 68.8% at step 24.
 """
 
 import _paper
