@@ -16,10 +16,11 @@ of two ways, and `make_step` wraps it in the host half shared by both:
   * ``members=False`` (train.py, the one-member case): the per-member functions compiled
     directly with the run's mesh shardings (`mesh.jit_update` / `jit_logprobs`,
     `placement.jit_rollout`): no batching transform, so a single run keeps its exact numerics.
-  * ``members=True`` (population.py, an ES population): the same functions under
-    ``jax.vmap`` over a leading member axis of the state (params, optimizer state,
-    divergence params, counters; the frozen reference and the coefficient are shared,
-    `member_axes`); placed on a ``pop`` mesh axis by the caller when one is given.
+  * ``members=True`` (population.py, an ES population): the same functions mapped over a
+    leading member axis of the state (params, optimizer state, divergence params, counters;
+    the frozen reference and the coefficient are shared, `SHARED` / `member_axes`):
+    ``member_chunk`` members vmapped at a time, the groups looped inside the one program
+    (`_over_members`); placed on a ``pop`` mesh axis by the caller when one is given.
     Members share prompts and keys (common random numbers), so fitness differences come
     from the mirror maps, not from the draw.
 
@@ -158,11 +159,12 @@ def make_program(model_config, obj, *, dtype=None, members=False, mesh=None, sta
         return over(lambda tr, _: fns.rollout(tr, frozen, ids, mask, key, sc), trainable, None)
 
     def score(state, input_ids, attention_mask, completion_len: int):
-        def one(m, shared):
-            st = _merge(m[0], shared)
-            return fns.score(st, m[1], m[2], completion_len)
+        mine, shared = _split(state)
 
-        return over(one, (_split(state)[0], input_ids, attention_mask), _split(state)[1])
+        def one(m, shared):
+            return fns.score(_merge(m[0], shared), m[1], m[2], completion_len)
+
+        return over(one, (mine, input_ids, attention_mask), shared)
 
     def learn(state, batch, key):
         mine, shared = _split(state)

@@ -52,9 +52,7 @@ def arithmetic_messages(question: str, style: str = "tutor") -> Messages:
         if not (question.startswith("What is ") and question.endswith("?")):
             raise ValueError(f"terse style needs a 'What is <expr>?' question, got {question!r}")
         return [{"role": "user", "content": question[len("What is ") : -1] + " ="}]
-    raise ValueError(
-        f"arithmetic prompt style {style!r}: use 'tutor', 'bare', 'terse' or 'direct'"
-    )
+    raise ValueError(f"arithmetic prompt style {style!r}: use 'tutor', 'bare', 'terse' or 'direct'")
 
 
 def mbpp_messages(text: str, tests: Sequence[str]) -> Messages:
