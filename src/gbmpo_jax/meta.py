@@ -56,7 +56,6 @@ from gbmpo_jax.es import population
 from gbmpo_jax.es import report as es_report
 from gbmpo_jax.es import strategies as es
 from gbmpo_jax.rl.divergences import validate_mirror_params
-from gbmpo_jax.scale import host
 from gbmpo_jax.workdir import checkpoint, lock, metrics
 
 DONE_MARKER = "DONE"
@@ -178,9 +177,7 @@ def _run(cfg: config_lib.Config, mcfg: MetaCfg, workdir, *, log=print) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     from gbmpo_jax.train import setup
 
-    model, tokenizer, obj, td = setup(cfg)
-    if note := host.allocator_note(jax.default_backend()):
-        log(note)
+    model, tokenizer, obj, td = setup(cfg, log)
     if cfg.warmup.steps:
         model = _warm_base(cfg, model, obj, td, tokenizer, log)
     space = "coef" if mcfg.strategy == "paper" else mcfg.search_space
@@ -188,11 +185,9 @@ def _run(cfg: config_lib.Config, mcfg: MetaCfg, workdir, *, log=print) -> dict:
     strategy = es.get(mcfg.strategy, mcfg.pop_size, sigma=mcfg.sigma, lr=mcfg.lr,
                       sigma_decay=mcfg.sigma_decay, dim=adapter.dim)  # fmt: skip
     z0 = adapter.from_params(jax.device_get(obj.div_params))
-    chunk = mcfg.member_chunk or population.auto_chunk(
-        cfg.rollout.prompts_per_step * cfg.rollout.group_size, mcfg.pop_size
-    )
-    programs = {"vmap": population.make_programs(cfg, model, tokenizer, obj, td,
-                                                 member_chunk=chunk)}  # fmt: skip
+    rows = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+    chunk = mcfg.member_chunk or population.auto_chunk(rows, mcfg.pop_size)
+    programs = {"vmap": population.make_programs(cfg, model, tokenizer, obj, td, None, chunk)}
     if mcfg.population_mode == "vmap":
         log(f"population: {mcfg.pop_size} members, {chunk} vmapped per program iteration")
     if mcfg.population_mode == "mesh":

@@ -77,10 +77,14 @@ def default_workdir(name: str, root="runs") -> pathlib.Path:
     return root / f"{datetime.datetime.now():%Y%m%d-%H%M%S}_{safe}"
 
 
-def setup(cfg):
+def setup(cfg, log=print):
     """(model, tokenizer, objective, train data) of a run config, the one set-up path of
-    training and the ES runner; a bad model or data input is an InputError naming its key."""
+    training and the ES runner; a bad model or data input is an InputError naming its key.
+    Logs (process 0) a note when XLA runs on the CPU without tcmalloc (`scale.host`)."""
     m, t = cfg.model, cfg.task
+    note = host.allocator_note(jax.default_backend())
+    if note and jax.process_index() == 0:
+        log(note)
     what = f"model.path={m.path!r}" + (f" / model.tokenizer={m.tokenizer!r}" if m.tokenizer else "")
     with errors.phase(what, "check or replace that file / directory"):
         model, tokenizer = policy.load_model_and_tokenizer(cfg)
@@ -141,10 +145,7 @@ def run(cfg: config_lib.Config, workdir, *, log=print) -> dict:
 
 def _run(cfg: config_lib.Config, workdir: pathlib.Path, log, preempted: _Preempted) -> dict:
     is_main = jax.process_index() == 0
-    model, tokenizer, obj, task = setup(cfg)
-    note = host.allocator_note(jax.default_backend())
-    if note and is_main:
-        log(note)
+    model, tokenizer, obj, task = setup(cfg, log)
     if not cfg.task.eval_size:
         log("task.eval_size=0: this run has no held-out evaluation (no eval/* metrics)")
     mc = model.config
