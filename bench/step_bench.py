@@ -1,28 +1,38 @@
 """One full GRPO step: ours (JAX, the pieces of `train.py`'s loop) vs TRL `GRPOTrainer` (torch CPU).
 
-Same work on both sides, same weights: a random-init Qwen2-shaped model from
-`presets.model_config(shape, vocab 64)` is saved once as a HF directory; our worker loads it
-with `models.load_pretrained`, TRL's with transformers. A step is 4 prompts of 24 tokens x G=8
-samples at T=1 with exactly ``new_tokens`` completion tokens (min = max new tokens), then the
-reference log-probs (beta = 0.04), then one dr_grpo update (AdamW, lr 1e-6, clip 1.0).
+Same work on both sides, same weights, same prompt tokens. The parent process writes one HF
+directory per case (weights, tokenizer, ``prompts.json``); our worker loads it with
+`models.load_pretrained`, TRL's with transformers. Cases (`CASES`):
+
+  tiny / 3M / 23.6M      random-init Qwen2-shaped presets (`presets.model_config`), vocab 64,
+                         random prompts of 24 tokens, a WordLevel tokenizer over the ids
+  3M-v49k / 23.6M-v49k   the same bodies with SmolLM2's vocabulary size (49,152): the lm_head
+                         and the log-softmax over [rows, tokens, vocab] dominate, as in real models
+  smollm2                SmolLM2-135M-Instruct from the GGUF the install ships (dequantised to
+                         float32), its own tokenizer, 4 GSM8K questions as chat prompts
+                         (TRL gets the messages and applies the same chat template)
+
+A step is 4 prompts x G=8 samples at T=1 with exactly ``new_tokens`` completion tokens (min =
+max new tokens), then the reference log-probs (beta = 0.04), then one dr_grpo update (AdamW,
+lr 1e-6, clip 1.0). The reward (both sides, on the decoded text): how often one word appears.
 
   ours  sampling.generate -> make_compute_logprobs(policy=False) (the reference pass only: with
         mu = 1 the update takes "old" from its own forward, as train.py does and as TRL does
         with num_iterations = 1) -> advantages -> make_update. Each phase is timed after
         block_until_ready. The CPU settings: layers unrolled (model.scan_layers=false) and,
         under `make bench`, tcmalloc preloaded for both sides (the workers inherit
-        LD_PRELOAD; `machine.allocator` records it).
+        LD_PRELOAD; `machine.allocator` records it). Log-probs in chunks of 512 tokens (the
+        default `objective.logprob_chunk`: the [rows, tokens, vocab] logits never exist whole).
   TRL   GRPOTrainer.train(max_steps = N), step times from a TrainerCallback (on_step_end to
-        on_step_end); a WordLevel tokenizer over the 64 ids built in code, plain-text prompts,
-        a dummy reward (count of one symbol), generation_kwargs min_new_tokens = max, fp32, and
-        gradient checkpointing off (TRL defaults to on: an extra forward we do not do).
+        on_step_end); generation_kwargs min_new_tokens = max, fp32, and gradient
+        checkpointing off (TRL defaults to on: an extra forward we do not do).
 
 Each side runs in its own subprocess so that its peak RSS is its own. Step 1 (compile /
 warm-up) is reported apart; steady state = steps 2..N as median, min, max, spread. Per phase:
 tokens/s and model FLOP/s as a fraction of the fp32 matmul peak measured in this run
-(`bench.common` gives the FLOP model).
+(`bench.common` gives the FLOP model; for smollm2 the prompt length is the padded one).
 
-Usage: ``python -m bench.step_bench [--quick] [--shapes 3M,23.6M] [--steps N]``.
+Usage: ``python -m bench.step_bench [--quick] [--shapes 3M,23.6M,smollm2] [--steps N]``.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import argparse
 import dataclasses
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import tempfile
@@ -41,36 +52,101 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 from bench import common  # noqa: E402
 
-PROMPTS, GROUP, PROMPT_LEN, VOCAB = 4, 8, 24, 64
+PROMPTS, GROUP, PROMPT_LEN = 4, 8, 24
 BETA, LR = 0.04, 1e-6
-EOS, PAD, FIRST_SYMBOL = 1, 0, 2
-REWARD_SYMBOL = 7  # dummy reward: how often this id appears in a completion
-NEW_TOKENS = {"tiny": 8, "3M": 32, "23.6M": 128}
-TRL_PREVIOUS_S = {"3M": 0.67, "23.6M": 15.8}  # TRL step times measured here before (issue)
-TARGET_SPEEDUP = {"3M": 3.0, "23.6M": 2.0}
+EOS, PAD, FIRST_SYMBOL = 1, 0, 2  # the synthetic cases' special ids
+SMOLLM2_VOCAB = 49_152
 
 
-def _prompts(seed: int) -> list[list[int]]:
-    import numpy as np
+@dataclasses.dataclass(frozen=True)
+class Case:
+    model: str  # a `presets` shape, or "smollm2" (the shipped GGUF)
+    vocab: int  # synthetic vocabulary size (0: the model's own)
+    new_tokens: int
+    reward_word: str  # reward = how often this word appears in the decoded completion
+    target: float | None = None  # required speed-up vs TRL (issue 16), None: no target
 
-    rng = np.random.default_rng(seed)
-    return rng.integers(FIRST_SYMBOL, VOCAB, size=(PROMPTS, PROMPT_LEN)).tolist()
+
+CASES = {
+    "tiny": Case("tiny", 64, 8, "s7"),
+    "3M": Case("3M", 64, 32, "s7", 1.5),
+    "23.6M": Case("23.6M", 64, 128, "s7", 2.0),
+    "3M-v49k": Case("3M", SMOLLM2_VOCAB, 32, "s7", 1.5),
+    "23.6M-v49k": Case("23.6M", SMOLLM2_VOCAB, 128, "s7", 2.0),
+    "smollm2": Case("smollm2", 0, 64, "the", 2.0),
+}
+FULL = ("3M", "23.6M", "3M-v49k", "23.6M-v49k", "smollm2")
+# TRL step times measured on this machine before (issue 16): context, not a target
+TRL_PREVIOUS_S = {"3M": 0.67, "23.6M": 15.8}
 
 
-def save_weights(shape: str, path: str, seed: int = 0):
-    """Random-init model of preset ``shape`` saved as a HF directory; returns its config."""
+def _word_tokenizer(vocab: int):
+    """A WordLevel tokenizer over ids 0..vocab-1 ("<pad>", "<eos>", "s2", "s3", ...)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"<pad>": PAD, "<eos>": EOS}
+    words.update({f"s{i}": i for i in range(FIRST_SYMBOL, vocab)})
+    tok = Tokenizer(models.WordLevel(words, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", padding_side="left"
+    )
+
+
+def prepare(name: str, path: str, seed: int = 0):
+    """Writes case `name` into directory `path`: HF weights + tokenizer + ``prompts.json``
+    ({"prompts": what TRL is given, "ids": the token ids both sides must start from}).
+    Returns the model config."""
     import jax
+    import numpy as np
 
     from gbmpo_jax import models
     from gbmpo_jax.models import presets
 
-    cfg = presets.model_config(shape, VOCAB, eos_token_id=(EOS,), pad_token_id=PAD)
-    models.save_pretrained(models.init_model(cfg, jax.random.key(seed)), path)
-    return cfg
+    case = CASES[name]
+    if case.model == "smollm2":
+        from gbmpo_jax.models.tokenizer import load_tokenizer
+        from gbmpo_jax.tasks import data
+
+        gguf = models.smollm2_gguf_path()
+        model, tok = models.load_pretrained(gguf), load_tokenizer(gguf)
+        prompts = [ex.prompt for ex in data.load_split("gsm8k", "test", source="bundled")[:PROMPTS]]
+        ids = [
+            list(tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True,
+                                         return_dict=True)["input_ids"])
+            for p in prompts
+        ]  # fmt: skip
+    else:
+        cfg = presets.model_config(case.model, case.vocab, eos_token_id=(EOS,), pad_token_id=PAD)
+        model, tok = models.init_model(cfg, jax.random.key(seed)), _word_tokenizer(case.vocab)
+        rng = np.random.default_rng(seed)
+        ids = rng.integers(FIRST_SYMBOL, case.vocab, size=(PROMPTS, PROMPT_LEN)).tolist()
+        prompts = [" ".join(f"s{i}" for i in row) for row in ids]
+    # the synthetic WordLevel tokenizer is rebuilt in code by the workers (`_load_case`)
+    models.save_pretrained(model, path, tokenizer=None if case.vocab else tok)
+    (pathlib.Path(path) / "prompts.json").write_text(json.dumps({"prompts": prompts, "ids": ids}))
+    return model.config
+
+
+def _load_case(name: str, model_dir: str):
+    from transformers import AutoTokenizer
+
+    vocab = CASES[name].vocab
+    spec = json.loads((pathlib.Path(model_dir) / "prompts.json").read_text())
+    tok = _word_tokenizer(vocab) if vocab else AutoTokenizer.from_pretrained(model_dir)
+    return spec["prompts"], spec["ids"], tok
+
+
+def reward_fn(word: str):
+    def reward(texts):
+        return [float(t.split().count(word)) for t in texts]
+
+    return reward
 
 
 # --------------------------------------------------------------------------- our side
-def ours_worker(model_dir: str, new_tokens: int, steps: int, seed: int) -> dict:
+def ours_worker(name: str, model_dir: str, steps: int, seed: int) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -81,6 +157,10 @@ def ours_worker(model_dir: str, new_tokens: int, steps: int, seed: int) -> dict:
     from gbmpo_jax.rl.train_step import init_state, make_compute_logprobs, make_update, step_config
     from gbmpo_jax.sampler import sampling
 
+    case = CASES[name]
+    new_tokens = case.new_tokens
+    _, prompt_ids, tok = _load_case(name, model_dir)
+    reward = reward_fn(case.reward_word)
     model = models.load_pretrained(model_dir)
     # the CPU setting: layers unrolled (model.scan_layers=false), 1.1-1.4x faster updates
     mc = dataclasses.replace(model.config, scan_layers=False)
@@ -96,11 +176,12 @@ def ours_worker(model_dir: str, new_tokens: int, steps: int, seed: int) -> dict:
     compute_logprobs = make_compute_logprobs(apply_fn, step_cfg, policy=False)
     update = make_update(apply_fn, div, opt, step_cfg)
     adv_fn = jax.jit(advantages.get("dr_grpo"), static_argnums=1)
+    pad = mc.pad_token_id if mc.pad_token_id is not None else mc.eos_token_id[0]
     scfg = sampling.SamplingConfig(
         new_tokens, group_size=GROUP, min_new_tokens=new_tokens,
-        stop_token_ids=(EOS,), pad_token_id=PAD,
+        stop_token_ids=tuple(mc.eos_token_id), pad_token_id=pad,
     )  # fmt: skip
-    ids, mask = sampling.pad_prompts(_prompts(seed), PAD)
+    ids, mask = sampling.pad_prompts(prompt_ids, pad)
 
     phases = {"rollout": [], "logprobs": [], "update": [], "step": []}
     t_start = time.perf_counter()
@@ -117,7 +198,9 @@ def ours_worker(model_dir: str, new_tokens: int, steps: int, seed: int) -> dict:
         attn = np.concatenate([out.prompt_mask, out.mask], axis=1)
         _, ref_lp, _ = jax.block_until_ready(compute_logprobs(state, input_ids, attn, new_tokens))
         t2 = time.perf_counter()
-        rewards = (out.tokens == REWARD_SYMBOL).sum(axis=1).astype(np.float32)
+        # the host part of a step, as TRL does it: decode, score
+        rewards = np.asarray(reward(tok.batch_decode(out.tokens, skip_special_tokens=True)),
+                             np.float32)  # fmt: skip
         adv, _ = adv_fn(jnp.asarray(rewards), GROUP)
         batch = {
             "input_ids": input_ids, "attention_mask": attn, "completion_mask": out.mask,
@@ -128,49 +211,42 @@ def ours_worker(model_dir: str, new_tokens: int, steps: int, seed: int) -> dict:
         t3 = time.perf_counter()
         if not np.isfinite(metrics["train/loss"]):
             raise RuntimeError(f"non-finite loss at step {step}: the benchmark step is broken")
-        for name, dt in (("rollout", t1 - t0), ("logprobs", t2 - t1), ("update", t3 - t2),
-                         ("step", t3 - t0)):  # fmt: skip
-            phases[name].append(dt)
+        for ph, dt in (("rollout", t1 - t0), ("logprobs", t2 - t1), ("update", t3 - t2),
+                       ("step", t3 - t0)):  # fmt: skip
+            phases[ph].append(dt)
     return {
         "phases_s": phases,
         "total_s": time.perf_counter() - t_start,
-        "seq_len": int(ids.shape[1]) + new_tokens,
+        "prompt_len": int(ids.shape[1]),
         "peak_rss_mb": common.peak_rss_mb(),
     }
 
 
 # --------------------------------------------------------------------------- TRL side
-def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": PAD, "<eos>": EOS}
-    vocab.update({f"s{i}": i for i in range(FIRST_SYMBOL, VOCAB)})
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", padding_side="left"
-    )
-
-
-def trl_worker(model_dir: str, new_tokens: int, steps: int, seed: int) -> dict:
+def trl_worker(name: str, model_dir: str, steps: int, seed: int) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    case = CASES[name]
     torch.manual_seed(seed)
-    tok = _tokenizer()
-    text = [" ".join(f"s{i}" for i in row) for row in _prompts(seed)]
-    enc = tok(text, add_special_tokens=False)["input_ids"]
-    if any(len(r) != PROMPT_LEN for r in enc):
-        raise RuntimeError("TRL prompts do not tokenize to the fixed length")
-    data = Dataset.from_dict({"prompt": text})
+    prompts, want_ids, tok = _load_case(name, model_dir)
+    tok.padding_side = "left"
+    if isinstance(prompts[0], list):  # chat messages: TRL applies the chat template itself
+        enc = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True,
+                                       return_dict=True)["input_ids"] for p in prompts]  # fmt: skip
+    else:
+        enc = tok(prompts)["input_ids"]
+    if [list(r) for r in enc] != want_ids:
+        raise RuntimeError("TRL's prompt tokens differ from ours: the comparison would be unfair")
+    data = Dataset.from_dict({"prompt": prompts})
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    symbol = f"s{REWARD_SYMBOL}"
+    score = reward_fn(case.reward_word)
 
     def reward(completions, **_):
-        return [float(c.split().count(symbol)) for c in completions]
+        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+        return score(texts)
 
     times: list[float] = []
 
@@ -187,11 +263,11 @@ def trl_worker(model_dir: str, new_tokens: int, steps: int, seed: int) -> dict:
             save_strategy="no", logging_steps=10_000, disable_tqdm=True, seed=seed,
             per_device_train_batch_size=PROMPTS * GROUP, num_generations=GROUP,
             gradient_accumulation_steps=1, max_steps=steps, learning_rate=LR,
-            max_completion_length=new_tokens, beta=BETA, loss_type="dr_grpo",
+            max_completion_length=case.new_tokens, beta=BETA, loss_type="dr_grpo",
             scale_rewards="none", temperature=1.0, top_p=1.0, top_k=0,
             mask_truncated_completions=False, max_grad_norm=1.0,
             gradient_checkpointing=False,  # TRL's default True recomputes the forward
-            generation_kwargs={"min_new_tokens": new_tokens},
+            generation_kwargs={"min_new_tokens": case.new_tokens},
         )  # fmt: skip
         trainer = GRPOTrainer(
             model=model, reward_funcs=reward, args=args, train_dataset=data,
@@ -214,9 +290,9 @@ def trl_worker(model_dir: str, new_tokens: int, steps: int, seed: int) -> dict:
 WORKERS = {"ours": ours_worker, "trl": trl_worker}
 
 
-def _spawn(side: str, model_dir: str, new_tokens: int, steps: int, seed: int) -> dict:
-    cmd = [sys.executable, "-m", "bench.step_bench", "--worker", side, "--model-dir", model_dir,
-           "--new-tokens", str(new_tokens), "--steps", str(steps), "--seed", str(seed)]  # fmt: skip
+def _spawn(side: str, name: str, model_dir: str, steps: int, seed: int) -> dict:
+    cmd = [sys.executable, "-m", "bench.step_bench", "--worker", side, "--shapes", name,
+           "--model-dir", model_dir, "--steps", str(steps), "--seed", str(seed)]  # fmt: skip
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
@@ -238,28 +314,32 @@ def _phase_report(samples: list[float], flops: float, tokens: int, peak: float) 
     }
 
 
-def bench_shape(shape: str, steps: int, peak: float, seed: int = 0, with_trl: bool = True) -> dict:
-    new_tokens = NEW_TOKENS[shape]
+def bench_case(name: str, steps: int, peak: float, seed: int = 0, with_trl: bool = True) -> dict:
+    case = CASES[name]
+    new_tokens = case.new_tokens
     with tempfile.TemporaryDirectory() as model_dir:
-        cfg = save_weights(shape, model_dir, seed)
+        cfg = prepare(name, model_dir, seed)
         load = {"before": list(os.getloadavg())}
-        ours = _spawn("ours", model_dir, new_tokens, steps, seed)
-        trl = _spawn("trl", model_dir, new_tokens, steps, seed) if with_trl else None
+        ours = _spawn("ours", name, model_dir, steps, seed)
+        trl = _spawn("trl", name, model_dir, steps, seed) if with_trl else None
         load["after"] = list(os.getloadavg())
-    rows, seq = PROMPTS * GROUP, PROMPT_LEN + new_tokens
+    rows, prompt_len = PROMPTS * GROUP, ours["prompt_len"]
+    seq = prompt_len + new_tokens
     fwd = common.seq_forward_flops(cfg, rows, seq)
     flops = {
-        "rollout": common.rollout_flops(cfg, PROMPT_LEN, PROMPTS, GROUP, new_tokens),
+        "rollout": common.rollout_flops(cfg, prompt_len, PROMPTS, GROUP, new_tokens),
         "logprobs": fwd,  # the reference pass (mu = 1: no separate "old" pass)
         "update": 3 * fwd,  # forward + backward
     }
     tokens = {"rollout": rows * new_tokens, "logprobs": rows * seq, "update": rows * seq}
     ph = ours["phases_s"]
     report = {
-        "shape": shape,
+        "shape": name,
+        "model": case.model,
+        "vocab": cfg.vocab_size,
         "params_m": round((common.matmul_params(cfg) + cfg.vocab_size * cfg.hidden_size) / 1e6, 2),
         "rows": rows,
-        "prompt_len": PROMPT_LEN,
+        "prompt_len": prompt_len,
         "new_tokens": new_tokens,
         "steps": steps,
         "load_avg_1m": [round(load["before"][0], 2), round(load["after"][0], 2)],
@@ -284,43 +364,45 @@ def bench_shape(shape: str, steps: int, peak: float, seed: int = 0, with_trl: bo
         }
         ours_med = report["ours"]["step"]["steady_s"]["median"]
         report["speedup_vs_trl"] = round(tst["median"] / ours_med, 2)
-        if shape in TARGET_SPEEDUP:
-            report["target_speedup"] = TARGET_SPEEDUP[shape]
-            report["meets_target"] = report["speedup_vs_trl"] >= TARGET_SPEEDUP[shape]
-            report["trl_step_s_measured_before"] = TRL_PREVIOUS_S[shape]
+        report["rss_vs_trl"] = round(ours["peak_rss_mb"] / trl["peak_rss_mb"], 2)
+        if case.target is not None:
+            report["target_speedup"] = case.target
+            report["meets_target"] = report["speedup_vs_trl"] >= case.target
+        if name in TRL_PREVIOUS_S:
+            report["trl_step_s_measured_before"] = TRL_PREVIOUS_S[name]
     return report
 
 
 def run(quick: bool, shapes: list[str] | None = None, steps: int | None = None) -> dict:
-    """Benchmark numbers as a JSON-able dict (see the module docstring). Quick: shape "tiny",
+    """Benchmark numbers as a JSON-able dict (see the module docstring). Quick: case "tiny",
     3 steps, no TRL (checks the harness, not the speed)."""
-    shapes = shapes or (["tiny"] if quick else ["3M", "23.6M"])
-    bad = [s for s in shapes if s not in NEW_TOKENS]
+    shapes = shapes or (["tiny"] if quick else list(FULL))
+    bad = [s for s in shapes if s not in CASES]
     if bad:
-        raise ValueError(f"step_bench shapes {bad} unknown; choose from {sorted(NEW_TOKENS)}")
+        raise ValueError(f"step_bench shapes {bad} unknown; choose from {sorted(CASES)}")
     steps = steps or (3 if quick else 4)
     if steps < 2:
         raise ValueError(f"steps={steps}: need >= 2 (step 1 is compile / warm-up)")
     peak = common.matmul_peak(reps=3 if quick else 5)
     out = {"matmul_peak_gflop_per_s": round(peak / 1e9, 1), "cases": []}
-    for shape in shapes:
-        n = steps if shape != "23.6M" or quick else max(3, steps - 1)  # TRL: ~16 s a step idle
-        out["cases"].append(bench_shape(shape, n, peak, with_trl=not quick))
+    for name in shapes:
+        # the big cases take 10-60 s a TRL step: 3 steps (1 warm-up + 2 timed) unless asked
+        n = steps if quick or CASES[name].new_tokens <= 32 else max(3, steps - 1)
+        out["cases"].append(bench_case(name, n, peak, with_trl=not quick))
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="tiny shape, 3 steps, no TRL")
-    ap.add_argument("--shapes", default=None, help="comma list of: " + ",".join(NEW_TOKENS))
+    ap.add_argument("--quick", action="store_true", help="tiny case, 3 steps, no TRL")
+    ap.add_argument("--shapes", default=None, help="comma list of: " + ",".join(CASES))
     ap.add_argument("--steps", type=int, default=None, help="steps per side (first is warm-up)")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
-    ap.add_argument("--new-tokens", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        res = WORKERS[a.worker](a.model_dir, a.new_tokens, a.steps, a.seed)
+        res = WORKERS[a.worker](a.shapes, a.model_dir, a.steps, a.seed)
         print(json.dumps(res))
         return
     shapes = a.shapes.split(",") if a.shapes else None
