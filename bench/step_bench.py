@@ -112,11 +112,7 @@ def prepare(name: str, path: str, seed: int = 0):
         gguf = models.smollm2_gguf_path()
         model, tok = models.load_pretrained(gguf), load_tokenizer(gguf)
         prompts = [ex.prompt for ex in data.load_split("gsm8k", "test", source="bundled")[:PROMPTS]]
-        ids = [
-            list(tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True,
-                                         return_dict=True)["input_ids"])
-            for p in prompts
-        ]  # fmt: skip
+        ids = _prompt_ids(tok, prompts)
     else:
         cfg = presets.model_config(case.model, case.vocab, eos_token_id=(EOS,), pad_token_id=PAD)
         model, tok = models.init_model(cfg, jax.random.key(seed)), _word_tokenizer(case.vocab)
@@ -127,6 +123,15 @@ def prepare(name: str, path: str, seed: int = 0):
     models.save_pretrained(model, path, tokenizer=None if case.vocab else tok)
     (pathlib.Path(path) / "prompts.json").write_text(json.dumps({"prompts": prompts, "ids": ids}))
     return model.config
+
+
+def _prompt_ids(tok, prompts) -> list[list[int]]:
+    """The token ids TRL makes of `prompts`: chat messages through the chat template with the
+    generation prompt, plain text through the tokenizer."""
+    if isinstance(prompts[0], list):
+        return [list(tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True,
+                                             return_dict=True)["input_ids"]) for p in prompts]  # fmt: skip
+    return [list(r) for r in tok(prompts)["input_ids"]]
 
 
 def _load_case(name: str, model_dir: str):
@@ -233,12 +238,7 @@ def trl_worker(name: str, model_dir: str, steps: int, seed: int) -> dict:
     torch.manual_seed(seed)
     prompts, want_ids, tok = _load_case(name, model_dir)
     tok.padding_side = "left"
-    if isinstance(prompts[0], list):  # chat messages: TRL applies the chat template itself
-        enc = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True,
-                                       return_dict=True)["input_ids"] for p in prompts]  # fmt: skip
-    else:
-        enc = tok(prompts)["input_ids"]
-    if [list(r) for r in enc] != want_ids:
+    if _prompt_ids(tok, prompts) != want_ids:
         raise RuntimeError("TRL's prompt tokens differ from ours: the comparison would be unfair")
     data = Dataset.from_dict({"prompt": prompts})
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
