@@ -172,6 +172,8 @@ def ours_worker(name: str, model_dir: str, steps: int, seed: int) -> dict:
     model = models.Model(mc, model.params)
     step_cfg = step_config(loss_type="dr_grpo", max_completion_length=new_tokens,
                            mask_truncated_completions=False, group_size=GROUP, temperature=1.0)  # fmt: skip
+    # the batches are a rollout's (row b*G + g holds prompt b), as in the step program
+    step_cfg = dataclasses.replace(step_cfg, shared_prompts=True)
     div = divergences.get("kl")
     opt = make_optimizer(OptimConfig(lr=LR, schedule="constant", warmup_ratio=0.0, clip_norm=1.0),
                          total_steps=max(steps, 1))  # fmt: skip

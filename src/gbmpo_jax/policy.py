@@ -134,7 +134,11 @@ def make_apply_fn(model_config) -> SplitHead:
     def head_fn(params, h):
         return models.lm_head(params, model_config, h)
 
-    return SplitHead(hidden_fn, head_fn)
+    def shared_prompt_fn(params, input_ids, attention_mask, t, group):
+        return models.hidden_shared_prompt(params, model_config, input_ids, attention_mask, t,
+                                           group)  # fmt: skip
+
+    return SplitHead(hidden_fn, head_fn, shared_prompt_fn)
 
 
 def load_mirror_params(path: str) -> dict:

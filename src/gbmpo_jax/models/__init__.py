@@ -2,8 +2,8 @@
 
 Public API (contract in docs/DESIGN.md, "Model layer"):
   ModelConfig, SUPPORTED_MODEL_TYPES, Model, init_model, load_config, load_pretrained,
-  save_pretrained, forward, apply (= lm_head o hidden), hidden, lm_head, init_cache,
-  positions_from_mask, logical_axes, load_tokenizer, smollm2_gguf_path. The GGUF -> HF converter is `gbmpo_jax.models.convert.convert`
+  save_pretrained, forward, apply (= lm_head o hidden), hidden, hidden_shared_prompt, lm_head,
+  init_cache, positions_from_mask, logical_axes, load_tokenizer, smollm2_gguf_path. The GGUF -> HF converter is `gbmpo_jax.models.convert.convert`
   (CLI: ``python -m gbmpo_jax.models.convert --gguf PATH --out DIR``).
 """
 
@@ -17,14 +17,14 @@ from gbmpo_jax.models.model import (
     save_pretrained,
     smollm2_gguf_path,
 )
+from gbmpo_jax.models.params import init_params, logical_axes
 from gbmpo_jax.models.tokenizer import load_tokenizer
 from gbmpo_jax.models.transformer import (
     apply,
     hidden,
+    hidden_shared_prompt,
     init_cache,
-    init_params,
     lm_head,
-    logical_axes,
     positions_from_mask,
 )
 
@@ -35,6 +35,7 @@ __all__ = [
     "apply",
     "forward",
     "hidden",
+    "hidden_shared_prompt",
     "init_cache",
     "init_model",
     "init_params",

@@ -3,7 +3,7 @@
 A HF directory holds ``config.json`` and either ``model.safetensors`` or several shards listed in
 ``model.safetensors.index.json``. Tensors are read through a small memory-mapped safetensors
 reader (``safetensors.numpy`` cannot read bfloat16) and stacked per layer into the layout of
-`transformer.param_shapes`; HF ``nn.Linear`` weights are [out, in], ours are [in, ...out].
+`params.param_shapes`; HF ``nn.Linear`` weights are [out, in], ours are [in, ...out].
 
 Writing is atomic: everything goes to a temporary sibling directory that is renamed into place
 only when complete, so an error leaves no half-written model behind.
@@ -22,7 +22,7 @@ import ml_dtypes
 import numpy as np
 
 from gbmpo_jax.models.config import ModelConfig, canonical_dtype, from_hf_dict, to_hf_dict
-from gbmpo_jax.models.transformer import param_shapes
+from gbmpo_jax.models.params import param_shapes
 
 _ST_DTYPES = {
     "F32": np.dtype(np.float32),

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 
 from gbmpo_jax.models import gguf_io, hf_io
 from gbmpo_jax.models.config import DTYPES, ModelConfig, canonical_dtype, from_hf_dict
-from gbmpo_jax.models.transformer import apply, init_params, positions_from_mask
+from gbmpo_jax.models.params import init_params
+from gbmpo_jax.models.transformer import apply, positions_from_mask
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -33,7 +34,7 @@ class Model:
 
 
 def init_model(config: ModelConfig, key: jax.Array, dtype: str = "float32") -> Model:
-    """Randomly initialised model (see `transformer.init_params`)."""
+    """Randomly initialised model (see `params.init_params`)."""
     return Model(config, init_params(config, key, canonical_dtype(dtype)))
 
 

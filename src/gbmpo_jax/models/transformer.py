@@ -10,12 +10,21 @@ One layer, for residual stream x [B,T,E] (pre-norm, as in Llama, arXiv 2302.1397
     x   = x + a Wo
     x   = x + (silu(h' Wg) * (h' Wu)) Wd,  h' = RMSNorm(x)
 
-Parameters (leading axis L on every layer leaf; layers run with `lax.scan`):
+Parameters (`params`: shapes, logical axes, init; leading axis L on every layer leaf; layers
+run with `lax.scan`):
 
     embed [V,E]            lm_head [E,V] (untied only)     final_norm [E]
     layers: attn_norm [L,E]  q [L,E,H,D]  k,v [L,E,Hkv,D]  o [L,H,D,E]
             q_bias [L,H,D], k_bias/v_bias [L,Hkv,D] (Qwen2)   q_norm/k_norm [L,D] (Qwen3)
             mlp_norm [L,E]  gate,up [L,E,F]  down [L,F,E]
+
+Projections go through `dense.dense` (float32 accumulation; a backward that transposes the
+narrower operand of each weight gradient). RoPE lives in `rope`.
+
+Shared prompts (`hidden_shared_prompt`): when each group of G rows carries the same prompt (a
+rollout's layout), the prompt runs once per group and the completions attend to its repeated
+keys/values - the same numbers as `hidden` on the full rows for N/G*P + N*T instead of
+N*(P+T) tokens, in the forward and in the backward.
 
 Decode layout (`unstack_layers`, `unstack_cache`): "layers" as a tuple of L per-layer dicts
 and the cache as tuples of L head-major [B,Hkv,S,D] buffers; `apply` then unrolls the layers
@@ -31,107 +40,16 @@ Deliberate deviations from the HF reference:
 
 from __future__ import annotations
 
-import functools
-import math
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from gbmpo_jax.models.config import DTYPES, ModelConfig
+from gbmpo_jax.models.dense import dense
+from gbmpo_jax.models.rope import rope as _rope
+from gbmpo_jax.models.rope import rope_tables as _rope_tables
 
 _NEG = -1e30  # additive bias for disallowed keys (finite: rows with no key stay NaN-free)
-
-
-# --------------------------------------------------------------------------- parameters
-def param_shapes(config: ModelConfig) -> dict:
-    """Shapes of every parameter leaf (same structure as the params pytree)."""
-    c = config
-    L, E, H, K, D, F, V = (
-        c.num_layers,
-        c.hidden_size,
-        c.num_heads,
-        c.num_kv_heads,
-        c.head_dim,
-        c.intermediate_size,
-        c.vocab_size,
-    )
-    layers = {
-        "attn_norm": (L, E),
-        "q": (L, E, H, D),
-        "k": (L, E, K, D),
-        "v": (L, E, K, D),
-        "o": (L, H, D, E),
-        "mlp_norm": (L, E),
-        "gate": (L, E, F),
-        "up": (L, E, F),
-        "down": (L, F, E),
-    }
-    if c.attention_bias:
-        layers.update(q_bias=(L, H, D), k_bias=(L, K, D), v_bias=(L, K, D))
-    if c.qk_norm:
-        layers.update(q_norm=(L, D), k_norm=(L, D))
-    shapes = {"embed": (V, E), "layers": layers, "final_norm": (E,)}
-    if not c.tie_word_embeddings:
-        shapes["lm_head"] = (E, V)
-    return shapes
-
-
-def logical_axes(config: ModelConfig) -> dict:
-    """Logical axis names for every parameter leaf (tuples of str | None), for mesh rules."""
-    names = {
-        "attn_norm": ("layers", "norm"),
-        "q": ("layers", "embed", "heads", "head_dim"),
-        "k": ("layers", "embed", "kv_heads", "head_dim"),
-        "v": ("layers", "embed", "kv_heads", "head_dim"),
-        "o": ("layers", "heads", "head_dim", "embed"),
-        "mlp_norm": ("layers", "norm"),
-        "gate": ("layers", "embed", "mlp"),
-        "up": ("layers", "embed", "mlp"),
-        "down": ("layers", "mlp", "embed"),
-        "q_bias": ("layers", "heads", "head_dim"),
-        "k_bias": ("layers", "kv_heads", "head_dim"),
-        "v_bias": ("layers", "kv_heads", "head_dim"),
-        "q_norm": ("layers", "head_dim"),
-        "k_norm": ("layers", "head_dim"),
-    }
-    shapes = param_shapes(config)
-    out = {k: v for k, v in (("embed", ("vocab", "embed")), ("final_norm", ("norm",)))}
-    out["layers"] = {k: names[k] for k in shapes["layers"]}
-    if "lm_head" in shapes:
-        out["lm_head"] = ("embed", "vocab")
-    return out
-
-
-@functools.partial(jax.jit, static_argnums=(0, 2))
-def init_params(config: ModelConfig, key: jax.Array, dtype: str = "float32") -> dict:
-    """Random parameters: N(0, 0.02) matrices, unit norms, zero biases (HF's initialiser).
-
-    Jitted as a whole; all matrices are slices of one normal draw (XLA CPU compiles one
-    threefry call in under a second, but several seconds for one call per leaf shape).
-    """
-    is_shape = lambda s: isinstance(s, tuple)
-    flat, treedef = jax.tree.flatten_with_path(param_shapes(config), is_leaf=is_shape)
-    dt = DTYPES[dtype]
-    kinds = [
-        "norm" if "norm" in jax.tree_util.keystr(p) else
-        "bias" if "bias" in jax.tree_util.keystr(p) else "w"
-        for p, _ in flat
-    ]  # fmt: skip
-    total = sum(math.prod(shape) for (_, shape), k in zip(flat, kinds, strict=True) if k == "w")
-    normal = 0.02 * jax.random.normal(key, (total,), jnp.float32)
-    out, offset = [], 0
-    for (_, shape), kind in zip(flat, kinds, strict=True):
-        if kind == "norm":
-            out.append(jnp.ones(shape, dt))
-        elif kind == "bias":
-            out.append(jnp.zeros(shape, dt))
-        else:
-            size = math.prod(shape)
-            out.append(normal[offset : offset + size].reshape(shape).astype(dt))
-            offset += size
-    return jax.tree.unflatten(treedef, out)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -139,43 +57,6 @@ def positions_from_mask(mask: jax.Array) -> jax.Array:
     """RoPE positions of a left-padded batch: cumsum(mask) - 1, clipped at 0. [B,T] int32."""
     mask = jnp.asarray(mask).astype(jnp.int32)
     return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0).astype(jnp.int32)
-
-
-def rope_inv_freq(config: ModelConfig) -> np.ndarray:
-    """Inverse frequencies [D/2] (float32, computed like HF incl. linear / llama3 scaling)."""
-    D = config.head_dim
-    exps = np.arange(0, D, 2, dtype=np.int64).astype(np.float32) / np.float32(D)
-    inv = (1.0 / (np.float32(config.rope_theta) ** exps)).astype(np.float32)
-    if config.rope_scaling is None:
-        return inv
-    s = dict(config.rope_scaling)
-    factor = float(s["factor"])
-    if s["rope_type"] == "linear":
-        return (inv / factor).astype(np.float32)
-    # llama3 (Llama 3.1): long wavelengths divided by `factor`, short kept, smooth in between.
-    old = float(s.get("original_max_position_embeddings", config.max_position_embeddings))
-    lo, hi = float(s["low_freq_factor"]), float(s["high_freq_factor"])
-    low_wavelen, high_wavelen = old / lo, old / hi
-    wavelen = 2 * math.pi / inv
-    scaled = np.where(wavelen > low_wavelen, inv / factor, inv)
-    smooth = (old / wavelen - lo) / (hi - lo)
-    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-    return np.where(medium, smoothed, scaled).astype(np.float32)
-
-
-def _rope_tables(config: ModelConfig, positions: jax.Array):
-    """cos, sin [B,T,1,D/2] float32 for positions [B,T]."""
-    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(config))
-    return jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
-
-
-def _rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotate-half RoPE on x [B,T,H,D] (computed in float32, returned in x.dtype)."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return out.astype(x.dtype)
 
 
 def _rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
@@ -205,13 +86,16 @@ def _attention(q, k, v, bias, dtype):
 
 
 def _layer(config: ModelConfig, x, lp, cos, sin, bias, kv):
-    """One transformer block. x [B,T,E] f32; kv = None or (cache_k, cache_v, layer, index)."""
+    """One transformer block. x [B,T,E] f32; kv = None (self-attention over the T tokens;
+    returns their head-major keys/values [B,Hkv,T,D]), (prefix_k, prefix_v) (head-major
+    [B,Hkv,P,D] keys/values of slots before the T tokens) or (cache_k, cache_v, layer, index)."""
     c, dt = config, config.dtype
     w = jax.tree.map(lambda a: a.astype(dt), lp)
     h = _rms_norm(x, lp["attn_norm"], c.rms_norm_eps).astype(dt)
-    q = jnp.einsum("bte,ehd->bthd", h, w["q"])
-    k = jnp.einsum("bte,ehd->bthd", h, w["k"])
-    v = jnp.einsum("bte,ehd->bthd", h, w["v"])
+    B, T, E = h.shape
+    q = dense(h, w["q"].reshape(E, -1), dt).reshape(B, T, c.num_heads, c.head_dim)
+    k = dense(h, w["k"].reshape(E, -1), dt).reshape(B, T, c.num_kv_heads, c.head_dim)
+    v = dense(h, w["v"].reshape(E, -1), dt).reshape(B, T, c.num_kv_heads, c.head_dim)
     if c.attention_bias:
         q, k, v = q + w["q_bias"], k + w["k_bias"], v + w["v_bias"]
     if c.qk_norm:
@@ -222,6 +106,10 @@ def _layer(config: ModelConfig, x, lp, cos, sin, bias, kv):
     new_kv = None
     if kv is None:
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B,Hkv,T,D]
+        new_kv = (k, v)
+    elif len(kv) == 2:  # a shared prefix: its slots, then the T new ones
+        k = jnp.concatenate([kv[0].astype(dt), k.transpose(0, 2, 1, 3)], axis=2)
+        v = jnp.concatenate([kv[1].astype(dt), v.transpose(0, 2, 1, 3)], axis=2)
     elif kv[2] is None:  # one layer's head-major cache [B,Hkv,S,D] (decode layout)
         ck, cv, _, index = kv
         zero = jnp.zeros((), jnp.int32)
@@ -240,12 +128,19 @@ def _layer(config: ModelConfig, x, lp, cos, sin, bias, kv):
         k, v, new_kv = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), (ck, cv)
     a = _attention(q, k, v, bias, dt)  # [B,T,H*D]
     wo = w["o"].reshape(-1, w["o"].shape[-1])  # [H*D,E]
-    x = x + jnp.einsum("btf,fe->bte", a, wo, preferred_element_type=jnp.float32)
+    x = x + dense(a, wo, jnp.float32)
     h = _rms_norm(x, lp["mlp_norm"], c.rms_norm_eps).astype(dt)
-    g = jnp.einsum("bte,ef->btf", h, w["gate"])
-    u = jnp.einsum("bte,ef->btf", h, w["up"])
-    y = jnp.einsum("btf,fe->bte", jax.nn.silu(g) * u, w["down"], preferred_element_type=jnp.float32)
+    g, u = dense(h, w["gate"], dt), dense(h, w["up"], dt)
+    y = dense(jax.nn.silu(g) * u, w["down"], jnp.float32)
     return x + y, new_kv
+
+
+def _bias(mask, offset, T: int):
+    """Additive attention bias [B,T,S] f32: query t (at slot offset + t) sees the slots
+    s <= offset + t with mask[b, s] set."""
+    q_slot = offset + jnp.arange(T, dtype=jnp.int32)
+    allowed = (jnp.arange(mask.shape[-1], dtype=jnp.int32)[None, :] <= q_slot[:, None])[None]
+    return jnp.where(allowed & mask.astype(bool)[:, None, :], 0.0, _NEG).astype(jnp.float32)
 
 
 # --------------------------------------------------------------------------- public functions
@@ -358,12 +253,7 @@ def hidden(
             f"attention_mask shape {mask.shape} != {want} "
             f"({'[B,S] cache slots' if cache is not None else '[B,T]'})"
         )
-    S = mask.shape[-1]
-    q_slot = offset + jnp.arange(T, dtype=jnp.int32)
-    allowed = (jnp.arange(S, dtype=jnp.int32)[None, :] <= q_slot[:, None])[None] & (
-        mask.astype(bool)[:, None, :]
-    )
-    bias = jnp.where(allowed, 0.0, _NEG).astype(jnp.float32)  # [B,T,S]
+    bias = _bias(mask, offset, T)
     cos, sin = _rope_tables(c, positions)
     x = jnp.take(params["embed"], input_ids, axis=0).astype(jnp.float32)
 
@@ -371,8 +261,8 @@ def hidden(
         x, kv = carry
         lp, layer = xs
         kv_in = None if kv is None else (*kv, layer, offset)
-        x, kv = _layer(c, x, lp, cos, sin, bias, kv_in)
-        return (x, kv), None
+        x, new_kv = _layer(c, x, lp, cos, sin, bias, kv_in)
+        return (x, None if kv is None else new_kv), None
 
     if c.remat:
         body = jax.checkpoint(body, prevent_cse=False)
@@ -398,3 +288,56 @@ def hidden(
     h = _rms_norm(x, params["final_norm"], c.rms_norm_eps).astype(c.dtype)
     new_cache = None if kv is None else {"k": kv[0], "v": kv[1]}
     return h, new_cache
+
+
+def hidden_shared_prompt(
+    params, config: ModelConfig, input_ids, attention_mask, t: int, group: int
+):
+    """``hidden(...)[0][:, P-1 : P-1+t]`` for rows whose prompt is shared within each group.
+
+    input_ids, attention_mask [N,P+t]: rows g*G .. g*G+G-1 (G = ``group``) carry the same
+    first P columns (a prompt and its left padding, as the rollout lays them out). The prompt
+    then runs once per group ([N/G,P] tokens) and its per-layer keys/values are repeated to
+    the group's rows, where the t completion tokens attend to them: the trunk processes
+    N/G*P + N*t tokens instead of N*(P+t), and in the backward the gradients of the G
+    completions flow into the one prompt pass (the sum of the repeat's transpose). Causal
+    attention makes this exact: no prompt position sees a completion token.
+
+    Returns hidden [N,t,E] in ``compute_dtype``: the final hidden states of the positions
+    whose logits predict the t completion tokens (P-1 .. P+t-2).
+    """
+    c = config
+    N, S = input_ids.shape
+    P = S - t
+    if group < 1 or N % group or P < 1 or t < 1:
+        raise ValueError(f"{N} rows of {S} tokens do not split into groups of {group} rows with "
+                         f"{t} completion tokens after a prompt")  # fmt: skip
+    positions = positions_from_mask(attention_mask)
+    ids_p, mask_p, pos_p = (
+        input_ids[::group, :P],
+        attention_mask[::group, :P],
+        positions[::group, :P],
+    )
+    bias_p = _bias(mask_p, jnp.zeros((), jnp.int32), P)  # [N/G,P,P]
+    bias_c = _bias(attention_mask, jnp.asarray(P, jnp.int32), t)  # [N,t,P+t]
+    rope_p, rope_c = _rope_tables(c, pos_p), _rope_tables(c, positions[:, P:])
+    embed = lambda ids: jnp.take(params["embed"], ids, axis=0).astype(jnp.float32)  # noqa: E731
+    rep = lambda a: jnp.repeat(a, group, axis=0)  # noqa: E731
+
+    def body(carry, lp):
+        xp, xc = carry
+        xp, (pk, pv) = _layer(c, xp, lp, *rope_p, bias_p, None)
+        xc, _ = _layer(c, xc, lp, *rope_c, bias_c, (rep(pk), rep(pv)))
+        return (xp, xc), None
+
+    if c.remat:
+        body = jax.checkpoint(body, prevent_cse=False)
+    carry = (embed(ids_p), embed(input_ids[:, P:]))
+    if isinstance(params["layers"], tuple):
+        for lp in params["layers"]:
+            carry, _ = body(carry, lp)
+    else:
+        carry, _ = lax.scan(body, carry, params["layers"], unroll=not c.scan_layers)
+    xp, xc = carry
+    x = jnp.concatenate([rep(xp[:, -1:]), xc[:, :-1]], axis=1)  # positions P-1 .. P+t-2
+    return _rms_norm(x, params["final_norm"], c.rms_norm_eps).astype(c.dtype)

@@ -12,7 +12,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from gbmpo_jax import models
-from gbmpo_jax.models import transformer
+from gbmpo_jax.models import params as model_params
 from gbmpo_jax.rl import lora as lora_lib
 from gbmpo_jax.sampler import sampling
 from gbmpo_jax.scale.mesh import place_by_path, replicated, shardings, spec_for, specs
@@ -20,20 +20,20 @@ from gbmpo_jax.scale.mesh import place_by_path, replicated, shardings, spec_for,
 
 def param_specs(model_config, mesh: Mesh, rules: Mapping | None = None, shapes=None) -> dict:
     """PartitionSpec pytree for the model params (structure of `models.logical_axes`)."""
-    shapes = transformer.param_shapes(model_config) if shapes is None else shapes
+    shapes = model_params.param_shapes(model_config) if shapes is None else shapes
     return specs(models.logical_axes(model_config), shapes, mesh, rules)
 
 
 def param_shardings(model_config, mesh: Mesh, rules: Mapping | None = None) -> dict:
     """NamedSharding pytree for the model params (e.g. the rollout's `params_sh`)."""
-    shapes = transformer.param_shapes(model_config)
+    shapes = model_params.param_shapes(model_config)
     return shardings(models.logical_axes(model_config), shapes, mesh, rules)
 
 
 def _structs(model_config) -> dict:
     return jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s, np.float32),
-        transformer.param_shapes(model_config),
+        model_params.param_shapes(model_config),
         is_leaf=lambda x: isinstance(x, tuple),
     )
 

@@ -82,7 +82,8 @@ class MemberFns(NamedTuple):
 
 def member_fns(model_config, obj, dtype=None) -> MemberFns:
     """The step's device functions for one member (`obj`: policy.Objective)."""
-    scfg = obj.step_cfg
+    # every batch of the program is a rollout's: row b*G + g holds prompt b
+    scfg = dataclasses.replace(obj.step_cfg, shared_prompts=True)
     update = make_update(obj.apply_fn, obj.divergence, obj.optimizer, scfg, jit=False)
     logprobs = make_compute_logprobs(obj.apply_fn, scfg, policy=not on_policy(scfg), jit=False)
 

@@ -12,6 +12,11 @@ Log-probs: logits at positions P-1 .. P+T-2 divided by the temperature, float32.
 in chunks of ``logprob_chunk`` tokens fused with the lm_head, never holding the [N,T,V] logits
 (`logprobs.chunked_token_logprobs`; equal to the full-logits path up to fp32 rounding).
 
+Shared prompts: with ``StepConfig.shared_prompts`` (the step program sets it: its batches are
+rollouts, row b*G + g holding prompt b) both passes run each prompt once per group
+(`logprobs.completion_logprobs`, ``group = G``) whenever a micro-batch holds whole groups;
+otherwise, and by default, every row runs its whole sequence. The numbers are the same.
+
 One update = ``mu`` optimizer steps on the same batch (stored old log-probs). Each step
 splits the N rows into ``micro_batches`` equal slices, scans over them accumulating the
 *sums* sum W l and their gradients (W from `losses.token_weights` on the whole batch), so the
@@ -59,6 +64,10 @@ class StepConfig:
     objective: ObjectiveConfig = ObjectiveConfig()
     rollout: SamplingConfig = SamplingConfig(group_size=4)
     lora: lora_lib.LoraConfig | None = None
+    # the batch layout of a rollout: rows g*G .. g*G+G-1 share their prompt columns, so the
+    # log-prob passes run each prompt once per group (`logprobs.completion_logprobs`); set
+    # by the step program, whose batches always have it. Off: any rows (exact either way).
+    shared_prompts: bool = False
 
     def __post_init__(self):
         if self.rollout.group_size < 2:
@@ -151,6 +160,13 @@ def policy_params(trainable, frozen, cfg: StepConfig, dtype=None):
                         out)  # fmt: skip
 
 
+def _group(cfg: StepConfig, rows: int) -> int:
+    """Rows per shared prompt in a (micro-)batch of ``rows`` rows: G when the batch has the
+    rollout layout (`StepConfig.shared_prompts`) and splits into whole groups, else 1."""
+    g = cfg.group_size
+    return g if cfg.shared_prompts and rows % g == 0 else 1
+
+
 def _split(x, m: int):
     if x.shape[0] % m:
         raise ValueError(f"batch of {x.shape[0]} rows does not split into micro_batches={m}")
@@ -174,13 +190,15 @@ def make_compute_logprobs(
         def one(carry, mb):
             ids, am = mb
             lp = ent = None
+            group = _group(cfg, ids.shape[0])
             if policy:
                 lp, ent = completion_logprobs(
-                    apply_fn, pol, ids, am, completion_len, cfg.temperature, cfg.logprob_chunk
-                )
+                    apply_fn, pol, ids, am, completion_len, cfg.temperature, cfg.logprob_chunk,
+                    group,
+                )  # fmt: skip
             rp, _ = completion_logprobs(
                 apply_fn, state.frozen, ids, am, completion_len, cfg.temperature,
-                cfg.logprob_chunk,
+                cfg.logprob_chunk, group,
             )  # fmt: skip
             return carry, (lp, rp, ent)
 
@@ -218,7 +236,7 @@ def make_update(
             pol = policy_params(tr, state.frozen, cfg)
             logp, ent = completion_logprobs(
                 apply_fn, pol, mb["input_ids"], mb["attention_mask"], t, cfg.temperature,
-                cfg.logprob_chunk,
+                cfg.logprob_chunk, _group(cfg, mb["input_ids"].shape[0]),
             )  # fmt: skip
             old = jax.lax.stop_gradient(logp) if mb["old_logp"] is None else mb["old_logp"]
             loss, sums = loss_fn(

@@ -20,14 +20,14 @@ import math
 
 import jax
 
-from gbmpo_jax.models import transformer
+from gbmpo_jax.models import params as model_params
 from gbmpo_jax.models.config import ModelConfig
 
 _BYTES = {"float32": 4, "bfloat16": 2}
 
 
 def count_params(model_config: ModelConfig) -> int:
-    shapes = transformer.param_shapes(model_config)
+    shapes = model_params.param_shapes(model_config)
     return sum(
         math.prod(s) for s in jax.tree.leaves(shapes, is_leaf=lambda s: isinstance(s, tuple))
     )
