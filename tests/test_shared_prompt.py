@@ -74,20 +74,24 @@ def test_shared_prompt_rejects_rows_that_do_not_form_groups():
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("i,o", [(8, 24), (24, 8)])  # both transposition branches
-def test_dense_matches_einsum_values_and_gradients(dtype, i, o):
+@pytest.mark.parametrize("transpose_w", [False, True])  # [I,O] weights, tied [V,E] embedding
+def test_dense_matches_einsum_values_and_gradients(dtype, i, o, transpose_w):
     dt = jnp.dtype(dtype)
     kx, kw, kg = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(kx, (3, 5, i)).astype(dt)
-    w = jax.random.normal(kw, (i, o)).astype(dt)
+    w = jax.random.normal(kw, (o, i) if transpose_w else (i, o)).astype(dt)
     g = jax.random.normal(kg, (3, 5, o))
 
     def ref(x, w):
-        return jnp.einsum("bti,io->bto", x, w, preferred_element_type=jnp.float32)
+        spec = "bti,oi->bto" if transpose_w else "bti,io->bto"
+        return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32)
 
     tol = dict(rtol=2e-2, atol=5e-2) if dtype == "bfloat16" else dict(rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(dense(x, w, jnp.float32), ref(x, w), **tol)
+    np.testing.assert_allclose(dense(x, w, jnp.float32, transpose_w), ref(x, w), **tol)
     want = jax.grad(lambda x, w: jnp.sum(ref(x, w) * g), argnums=(0, 1))(x, w)
-    got = jax.grad(lambda x, w: jnp.sum(dense(x, w, jnp.float32) * g), argnums=(0, 1))(x, w)
+    got = jax.grad(lambda x, w: jnp.sum(dense(x, w, jnp.float32, transpose_w) * g), argnums=(0, 1))(
+        x, w
+    )
     for a, c in zip(got, want, strict=True):
         assert a.dtype == c.dtype == dt
         np.testing.assert_allclose(a.astype(jnp.float32), c.astype(jnp.float32), **tol)

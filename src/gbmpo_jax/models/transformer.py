@@ -201,9 +201,7 @@ def lm_head(params, config: ModelConfig, h):
     ``lm_head``, in ``compute_dtype`` with float32 accumulation)."""
     c = config
     w = params["embed"] if c.tie_word_embeddings else params["lm_head"]
-    spec = "...e,ve->...v" if c.tie_word_embeddings else "...e,ev->...v"
-    out = jnp.einsum(spec, h.astype(c.dtype), w.astype(c.dtype), preferred_element_type=jnp.float32)
-    return out
+    return dense(h.astype(c.dtype), w.astype(c.dtype), jnp.float32, c.tie_word_embeddings)
 
 
 def hidden(
