@@ -71,6 +71,20 @@ def seq_forward_flops(c, rows: int, seq_len: int) -> float:
     return rows * (2.0 * matmul_params(c) * seq_len + attn_flops(c, ctx))
 
 
+def logprob_forward_flops(c, prompts: int, group: int, prompt_len: int, new_tokens: int) -> float:
+    """One log-prob forward as the step program runs it: each prompt once per group
+    (`models.hidden_shared_prompt`), the ``prompts * group`` completions attending to their
+    prompt, and the lm_head on the completion positions only (the log-prob passes never
+    apply it to the prompt). Forward + backward: 3x this (model FLOPs: the chunked head's
+    recomputation in the backward is not counted)."""
+    head = c.hidden_size * c.vocab_size
+    trunk = matmul_params(c) - head
+    rows, p, t = prompts * group, prompt_len, new_tokens
+    flops = 2.0 * trunk * (prompts * p + rows * t) + 2.0 * head * rows * t
+    ctx = prompts * p * (p + 1) / 2 + rows * sum(p + i + 1 for i in range(t))
+    return flops + attn_flops(c, ctx)
+
+
 def rollout_flops(c, prompt_len: int, prompts: int, group: int, new_tokens: int) -> float:
     """Prefill each prompt once, then ``new_tokens`` cached decode steps for every row."""
     prefill = prompts * (2.0 * matmul_params(c) * prompt_len)

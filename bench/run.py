@@ -125,6 +125,13 @@ def _cell(s: dict, shape: str) -> str:
     return txt
 
 
+def _rss_cell(s: dict) -> str:
+    """ours / TRL peak RSS of every step case that ran TRL."""
+    cells = [f"{k[5:]} {c['ours_peak_rss_mb'] / c['trl_peak_rss_mb']:.2f}"
+             for k, c in s.items() if k.startswith("step_") and "trl_peak_rss_mb" in c]  # fmt: skip
+    return ", ".join(cells) or "-"
+
+
 def log_row(doc: dict) -> str:
     """One markdown table row for BENCHMARKS.md (columns as in its Log header)."""
     m, s = doc["machine"], doc["summary"]
@@ -141,6 +148,10 @@ def log_row(doc: dict) -> str:
         f"{s.get('matmul_peak_gflop_per_s', '-')}",
         _cell(s, "3M"),
         _cell(s, "23.6M"),
+        _cell(s, "3M-v49k"),
+        _cell(s, "23.6M-v49k"),
+        _cell(s, "smollm2"),
+        _rss_cell(s),
         "-" if upd is None else f"{upd:.0%}",
         roll_txt,
         f"{s.get('reward_programs_per_s', '-')}",

@@ -327,7 +327,7 @@ def bench_case(name: str, steps: int, peak: float, seed: int = 0, with_trl: bool
         load["after"] = list(os.getloadavg())
     rows, prompt_len = PROMPTS * GROUP, ours["prompt_len"]
     seq = prompt_len + new_tokens
-    fwd = common.seq_forward_flops(cfg, rows, seq)
+    fwd = common.logprob_forward_flops(cfg, PROMPTS, GROUP, prompt_len, new_tokens)
     flops = {
         "rollout": common.rollout_flops(cfg, prompt_len, PROMPTS, GROUP, new_tokens),
         "logprobs": fwd,  # the reference pass (mu = 1: no separate "old" pass)

@@ -37,6 +37,12 @@ def test_flop_model_by_hand():
     # 1 prompt of 2 tokens, G=2, 1 new token: prefill once, decode each row at context 3
     want = 2 * 2 * m + 4 * 2 * 4 * 8 * 3 + 2 * (2 * m + 4 * 2 * 4 * 8 * 3)
     assert common.rollout_flops(cfg, 2, 1, 2, 1) == want
+    # log-prob pass, 1 prompt of 2 tokens once, G=2 rows of 1 completion token: trunk on
+    # 2 + 2 tokens, head (32 x 64) on the 2 completion tokens, attention 1 + 2 (prompt) and
+    # 3 per completion token
+    head, trunk = 32 * 64, m - 32 * 64
+    want = 2 * trunk * 4 + 2 * head * 2 + 4 * 2 * 4 * 8 * (3 + 2 * 3)
+    assert common.logprob_forward_flops(cfg, 1, 2, 2, 1) == want
 
 
 def test_stats_and_bad_input():
