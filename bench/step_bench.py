@@ -19,13 +19,16 @@ lr 1e-6, clip 1.0). The reward (both sides, on the decoded text): how often one 
   ours  sampling.generate -> make_compute_logprobs(policy=False) (the reference pass only: with
         mu = 1 the update takes "old" from its own forward, as train.py does and as TRL does
         with num_iterations = 1) -> advantages -> make_update. Each phase is timed after
-        block_until_ready. The CPU settings: layers unrolled (model.scan_layers=false) and,
+        block_until_ready. The CPU settings: layers unrolled (model.scan_layers=false), the
+        update in 4 micro-batches of one group (as the SmolLM2 experiments run it) and,
         under `make bench`, tcmalloc preloaded for both sides (the workers inherit
         LD_PRELOAD; `machine.allocator` records it). Log-probs in chunks of 512 tokens (the
         default `objective.logprob_chunk`: the [rows, tokens, vocab] logits never exist whole).
   TRL   GRPOTrainer.train(max_steps = N), step times from a TrainerCallback (on_step_end to
-        on_step_end); generation_kwargs min_new_tokens = max, fp32, and gradient
-        checkpointing off (TRL defaults to on: an extra forward we do not do).
+        on_step_end); generation_kwargs min_new_tokens = max, fp32, gradient checkpointing
+        off (TRL defaults to on: an extra forward we do not do), 8 rows per device x 4
+        gradient-accumulation steps (the same micro-batches; one generation batch of 32).
+        Our worker hides torch from transformers: our runtime install has none.
 
 Each side runs in its own subprocess so that its peak RSS is its own. Step 1 (compile /
 warm-up) is reported apart; steady state = steps 2..N as median, min, max, spread. Per phase:
@@ -53,6 +56,10 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 from bench import common  # noqa: E402
 
 PROMPTS, GROUP, PROMPT_LEN = 4, 8, 24
+# the update runs in 4 micro-batches of one group (8 rows) on both sides: activation memory / 4
+# at the same speed (M = 8 x seq rows still fill the matmuls); TRL: 8 rows per device x 4
+# gradient-accumulation steps, one generation batch of 32
+MICRO_BATCHES = 4
 BETA, LR = 0.04, 1e-6
 EOS, PAD, FIRST_SYMBOL = 1, 0, 2  # the synthetic cases' special ids
 SMOLLM2_VOCAB = 49_152
@@ -152,6 +159,10 @@ def reward_fn(word: str):
 
 # --------------------------------------------------------------------------- our side
 def ours_worker(name: str, model_dir: str, steps: int, seed: int) -> dict:
+    # our runtime install has no torch (requirements.txt); this environment has it for TRL, and
+    # transformers imports it whenever it is installed (~170 MB RSS for its config classes):
+    # hide it, so that our peak RSS is that of a user's install
+    sys.modules.setdefault("torch", None)
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -171,7 +182,8 @@ def ours_worker(name: str, model_dir: str, steps: int, seed: int) -> dict:
     mc = dataclasses.replace(model.config, scan_layers=False)
     model = models.Model(mc, model.params)
     step_cfg = step_config(loss_type="dr_grpo", max_completion_length=new_tokens,
-                           mask_truncated_completions=False, group_size=GROUP, temperature=1.0)  # fmt: skip
+                           mask_truncated_completions=False, group_size=GROUP, temperature=1.0,
+                           micro_batches=MICRO_BATCHES)  # fmt: skip
     # the batches are a rollout's (row b*G + g holds prompt b), as in the step program
     step_cfg = dataclasses.replace(step_cfg, shared_prompts=True)
     div = divergences.get("kl")
@@ -263,8 +275,8 @@ def trl_worker(name: str, model_dir: str, steps: int, seed: int) -> dict:
         args = GRPOConfig(
             output_dir=out_dir, use_cpu=True, bf16=False, report_to="none",
             save_strategy="no", logging_steps=10_000, disable_tqdm=True, seed=seed,
-            per_device_train_batch_size=PROMPTS * GROUP, num_generations=GROUP,
-            gradient_accumulation_steps=1, max_steps=steps, learning_rate=LR,
+            per_device_train_batch_size=PROMPTS * GROUP // MICRO_BATCHES, num_generations=GROUP,
+            gradient_accumulation_steps=MICRO_BATCHES, max_steps=steps, learning_rate=LR,
             max_completion_length=case.new_tokens, beta=BETA, loss_type="dr_grpo",
             scale_rewards="none", temperature=1.0, top_p=1.0, top_k=0,
             mask_truncated_completions=False, max_grad_norm=1.0,
