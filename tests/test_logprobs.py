@@ -86,6 +86,23 @@ def test_chunked_equals_full_logits_values_entropy_and_gradient(kind, chunk):
     assert g_head.shape == head.shape and float(jnp.max(jnp.abs(g_head))) > 0
 
 
+def test_head_is_rematerialised_only_when_the_sequence_takes_several_chunks():
+    """One chunk (T <= chunk_tokens // N) is the whole [N,T,V] the bound allows: no
+    checkpoint, so the backward does not run the head a second time."""
+    mc, params = _model("untied", vocab=97)
+    apply_fn = policy.make_apply_fn(mc)
+    b = _batch(jax.random.PRNGKey(5), vocab=97)
+
+    def jaxpr(chunk):
+        f = lambda p: lpm.completion_logprobs(apply_fn, p, b["input_ids"],  # noqa: E731
+                                              b["attention_mask"], T, 1.0, chunk)[0].sum()  # fmt: skip
+        return str(jax.make_jaxpr(jax.grad(f))(params))
+
+    several, one = jaxpr(N * 3), jaxpr(N * T)  # 3 chunks of 3 positions; one chunk of all 7
+    assert "checkpoint" in several or "remat" in several
+    assert "checkpoint" not in one and "remat" not in one
+
+
 def test_chunked_matches_reference_numpy_logsoftmax():
     """Value check independent of `token_logprobs`: float64 numpy log-softmax of the head."""
     mc, params = _model("untied", vocab=1001)

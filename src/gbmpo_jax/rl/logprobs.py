@@ -23,7 +23,9 @@ Two model contracts:
 `chunked_token_logprobs` applies the head to ``c = max(1, chunk_tokens // N)`` sequence
 positions of all N rows at a time (``jax.lax.map`` over ceil(T / c) chunks), each chunk under
 ``jax.checkpoint``: the forward keeps one [N,c,V] block alive, and the backward recomputes
-each chunk's logits from its [N,c,E] hidden slice instead of storing [N,T,V]. The chunks run
+each chunk's logits from its [N,c,E] hidden slice instead of storing [N,T,V]. When one chunk
+covers all T positions (T <= c) there is nothing to bound: the head runs once without the
+checkpoint (the update then costs 3 head passes, not 4). The chunks run
 over the sequence, not over flattened rows, so under data parallelism each chunk still spans
 every device's rows.
 
@@ -90,6 +92,10 @@ def chunked_token_logprobs(
     n, t = targets.shape
     c = min(max(1, chunk_tokens // max(n, 1)), t)
     k = -(-t // c)
+    if k == 1:
+        # one chunk covers the sequence: its residuals are the one [N,t,V] block the bound
+        # allows anyway, so the checkpoint would only buy a second head forward
+        return token_logprobs(head_fn(params, hidden), targets, temperature)
     pad = k * c - t
     if pad:
         hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
