@@ -19,23 +19,24 @@ lr 1e-6, clip 1.0). The reward (both sides, on the decoded text): how often one 
   ours  sampling.generate -> make_compute_logprobs(policy=False) (the reference pass only: with
         mu = 1 the update takes "old" from its own forward, as train.py does and as TRL does
         with num_iterations = 1) -> advantages -> make_update. Each phase is timed after
-        block_until_ready. The CPU settings: layers unrolled (model.scan_layers=false), the
-        update in 4 micro-batches of one group (as the SmolLM2 experiments run it) and,
+        block_until_ready. The CPU settings: layers unrolled (model.scan_layers=false) and,
         under `make bench`, tcmalloc preloaded for both sides (the workers inherit
         LD_PRELOAD; `machine.allocator` records it). Log-probs in chunks of 512 tokens (the
         default `objective.logprob_chunk`: the [rows, tokens, vocab] logits never exist whole).
   TRL   GRPOTrainer.train(max_steps = N), step times from a TrainerCallback (on_step_end to
         on_step_end); generation_kwargs min_new_tokens = max, fp32, gradient checkpointing
-        off (TRL defaults to on: an extra forward we do not do), 8 rows per device x 4
-        gradient-accumulation steps (the same micro-batches; one generation batch of 32).
-        Our worker hides torch from transformers: our runtime install has none.
+        off (TRL defaults to on: an extra forward we do not do).
+  both  the update in ``--micro-batches`` m (default 1; TRL: 32 / m rows per device x m
+        gradient-accumulation steps, one generation batch of 32). Our worker hides torch from
+        transformers: our runtime install has none.
 
 Each side runs in its own subprocess so that its peak RSS is its own. Step 1 (compile /
 warm-up) is reported apart; steady state = steps 2..N as median, min, max, spread. Per phase:
 tokens/s and model FLOP/s as a fraction of the fp32 matmul peak measured in this run
 (`bench.common` gives the FLOP model; for smollm2 the prompt length is the padded one).
 
-Usage: ``python -m bench.step_bench [--quick] [--shapes 3M,23.6M,smollm2] [--steps N]``.
+Usage: ``python -m bench.step_bench [--quick] [--shapes 3M,23.6M,smollm2] [--steps N]
+[--micro-batches M]``.
 """
 
 from __future__ import annotations
@@ -56,10 +57,11 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 from bench import common  # noqa: E402
 
 PROMPTS, GROUP, PROMPT_LEN = 4, 8, 24
-# the update runs in 4 micro-batches of one group (8 rows) on both sides: activation memory / 4
-# at the same speed (M = 8 x seq rows still fill the matmuls); TRL: 8 rows per device x 4
-# gradient-accumulation steps, one generation batch of 32
-MICRO_BATCHES = 4
+# update micro-batches, the same on both sides (`--micro-batches`; TRL: 32 / m rows per device
+# x m gradient-accumulation steps, one generation batch of 32). Default 1: the whole batch at
+# once, the setting the issue-16 targets were set against; 4 (one group per micro-batch) is
+# how the SmolLM2 experiments run (BENCHMARKS.md has both)
+MICRO_BATCHES = 1
 BETA, LR = 0.04, 1e-6
 EOS, PAD, FIRST_SYMBOL = 1, 0, 2  # the synthetic cases' special ids
 SMOLLM2_VOCAB = 49_152
@@ -158,7 +160,7 @@ def reward_fn(word: str):
 
 
 # --------------------------------------------------------------------------- our side
-def ours_worker(name: str, model_dir: str, steps: int, seed: int) -> dict:
+def ours_worker(name: str, model_dir: str, steps: int, seed: int, micro: int) -> dict:
     # our runtime install has no torch (requirements.txt); this environment has it for TRL, and
     # transformers imports it whenever it is installed (~170 MB RSS for its config classes):
     # hide it, so that our peak RSS is that of a user's install
@@ -183,7 +185,7 @@ def ours_worker(name: str, model_dir: str, steps: int, seed: int) -> dict:
     model = models.Model(mc, model.params)
     step_cfg = step_config(loss_type="dr_grpo", max_completion_length=new_tokens,
                            mask_truncated_completions=False, group_size=GROUP, temperature=1.0,
-                           micro_batches=MICRO_BATCHES)  # fmt: skip
+                           micro_batches=micro)  # fmt: skip
     # the batches are a rollout's (row b*G + g holds prompt b), as in the step program
     step_cfg = dataclasses.replace(step_cfg, shared_prompts=True)
     div = divergences.get("kl")
@@ -242,7 +244,7 @@ def ours_worker(name: str, model_dir: str, steps: int, seed: int) -> dict:
 
 
 # --------------------------------------------------------------------------- TRL side
-def trl_worker(name: str, model_dir: str, steps: int, seed: int) -> dict:
+def trl_worker(name: str, model_dir: str, steps: int, seed: int, micro: int) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
@@ -275,8 +277,8 @@ def trl_worker(name: str, model_dir: str, steps: int, seed: int) -> dict:
         args = GRPOConfig(
             output_dir=out_dir, use_cpu=True, bf16=False, report_to="none",
             save_strategy="no", logging_steps=10_000, disable_tqdm=True, seed=seed,
-            per_device_train_batch_size=PROMPTS * GROUP // MICRO_BATCHES, num_generations=GROUP,
-            gradient_accumulation_steps=MICRO_BATCHES, max_steps=steps, learning_rate=LR,
+            per_device_train_batch_size=PROMPTS * GROUP // micro, num_generations=GROUP,
+            gradient_accumulation_steps=micro, max_steps=steps, learning_rate=LR,
             max_completion_length=case.new_tokens, beta=BETA, loss_type="dr_grpo",
             scale_rewards="none", temperature=1.0, top_p=1.0, top_k=0,
             mask_truncated_completions=False, max_grad_norm=1.0,
@@ -304,9 +306,10 @@ def trl_worker(name: str, model_dir: str, steps: int, seed: int) -> dict:
 WORKERS = {"ours": ours_worker, "trl": trl_worker}
 
 
-def _spawn(side: str, name: str, model_dir: str, steps: int, seed: int) -> dict:
+def _spawn(side: str, name: str, model_dir: str, steps: int, seed: int, micro: int) -> dict:
     cmd = [sys.executable, "-m", "bench.step_bench", "--worker", side, "--shapes", name,
-           "--model-dir", model_dir, "--steps", str(steps), "--seed", str(seed)]  # fmt: skip
+           "--model-dir", model_dir, "--steps", str(steps), "--seed", str(seed),
+           "--micro-batches", str(micro)]  # fmt: skip
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
@@ -328,14 +331,17 @@ def _phase_report(samples: list[float], flops: float, tokens: int, peak: float) 
     }
 
 
-def bench_case(name: str, steps: int, peak: float, seed: int = 0, with_trl: bool = True) -> dict:
+def bench_case(
+    name: str, steps: int, peak: float, seed: int = 0, with_trl: bool = True,
+    micro: int = MICRO_BATCHES,
+) -> dict:  # fmt: skip
     case = CASES[name]
     new_tokens = case.new_tokens
     with tempfile.TemporaryDirectory() as model_dir:
         cfg = prepare(name, model_dir, seed)
         load = {"before": list(os.getloadavg())}
-        ours = _spawn("ours", name, model_dir, steps, seed)
-        trl = _spawn("trl", name, model_dir, steps, seed) if with_trl else None
+        ours = _spawn("ours", name, model_dir, steps, seed, micro)
+        trl = _spawn("trl", name, model_dir, steps, seed, micro) if with_trl else None
         load["after"] = list(os.getloadavg())
     rows, prompt_len = PROMPTS * GROUP, ours["prompt_len"]
     seq = prompt_len + new_tokens
@@ -356,6 +362,7 @@ def bench_case(name: str, steps: int, peak: float, seed: int = 0, with_trl: bool
         "prompt_len": prompt_len,
         "new_tokens": new_tokens,
         "steps": steps,
+        "micro_batches": micro,
         "load_avg_1m": [round(load["before"][0], 2), round(load["after"][0], 2)],
         "ours": {
             "phases": {k: _phase_report(ph[k], flops[k], tokens[k], peak) for k in flops},
@@ -387,7 +394,10 @@ def bench_case(name: str, steps: int, peak: float, seed: int = 0, with_trl: bool
     return report
 
 
-def run(quick: bool, shapes: list[str] | None = None, steps: int | None = None) -> dict:
+def run(
+    quick: bool, shapes: list[str] | None = None, steps: int | None = None,
+    micro: int = MICRO_BATCHES,
+) -> dict:  # fmt: skip
     """Benchmark numbers as a JSON-able dict (see the module docstring). Quick: case "tiny",
     3 steps, no TRL (checks the harness, not the speed)."""
     shapes = shapes or (["tiny"] if quick else list(FULL))
@@ -402,7 +412,7 @@ def run(quick: bool, shapes: list[str] | None = None, steps: int | None = None) 
     for name in shapes:
         # the big cases take 10-60 s a TRL step: 3 steps (1 warm-up + 2 timed) unless asked
         n = steps if quick or CASES[name].new_tokens <= 32 else max(3, steps - 1)
-        out["cases"].append(bench_case(name, n, peak, with_trl=not quick))
+        out["cases"].append(bench_case(name, n, peak, with_trl=not quick, micro=micro))
     return out
 
 
@@ -411,16 +421,20 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny case, 3 steps, no TRL")
     ap.add_argument("--shapes", default=None, help="comma list of: " + ",".join(CASES))
     ap.add_argument("--steps", type=int, default=None, help="steps per side (first is warm-up)")
+    ap.add_argument("--micro-batches", type=int, default=MICRO_BATCHES,
+                    help="update micro-batches, both sides (divides the 32 rows)")  # fmt: skip
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.micro_batches < 1 or (PROMPTS * GROUP) % a.micro_batches:
+        ap.error(f"--micro-batches={a.micro_batches}: must divide the {PROMPTS * GROUP} rows")
     if a.worker:
-        res = WORKERS[a.worker](a.shapes, a.model_dir, a.steps, a.seed)
+        res = WORKERS[a.worker](a.shapes, a.model_dir, a.steps, a.seed, a.micro_batches)
         print(json.dumps(res))
         return
     shapes = a.shapes.split(",") if a.shapes else None
-    print(json.dumps(run(a.quick, shapes, a.steps), indent=2))
+    print(json.dumps(run(a.quick, shapes, a.steps, a.micro_batches), indent=2))
 
 
 if __name__ == "__main__":
