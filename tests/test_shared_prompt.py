@@ -36,11 +36,7 @@ def _rollout_batch(seed=0):
 
 @pytest.mark.parametrize(
     "shape,scan,remat",
-    [
-        ("tiny", True, False),
-        ("qwen3-tiny", False, False),
-        pytest.param("qwen3-tiny", False, True, marks=pytest.mark.slow),
-    ],
+    [("tiny", True, False), ("qwen3-tiny", False, False), ("qwen3-tiny", False, True)],
 )
 def test_shared_prompt_trunk_equals_the_full_trunk(shape, scan, remat):
     mc = presets.model_config(shape, V, scan_layers=scan, remat=remat)
@@ -101,8 +97,7 @@ def test_dense_matches_einsum_values_and_gradients(dtype, i, o, transpose_w):
         np.testing.assert_allclose(a.astype(jnp.float32), c.astype(jnp.float32), **tol)
 
 
-# 2: six rows per micro-batch, not whole groups
-@pytest.mark.parametrize("micro", [1, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("micro", [1, 2])  # 2: six rows per micro-batch, not whole groups
 def test_update_with_shared_prompts_equals_the_plain_update(micro):
     """The step program's setting (shared_prompts) changes no number: the reference pass,
     the metrics and the new params equal the plain path's; with micro-batches that do not
