@@ -65,11 +65,13 @@ def main(argv=None):
     ap.add_argument("--rows", type=int, default=32)
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--new", type=int, default=256)
-    ap.add_argument("--chunk", type=int, default=0, help="chunk tokens (0: StepConfig default)")
+    ap.add_argument("--chunk", type=int, default=0, help="chunk tokens (0: the StepConfig default)")
     a = ap.parse_args(argv)
+    from gbmpo_jax.rl.logprobs import chunk_tokens_for
     from gbmpo_jax.rl.train_step import StepConfig
 
-    chunk = a.chunk or StepConfig().logprob_chunk
+    # the default (-1, auto) resolved to tokens, so that the report names the chunk
+    chunk = chunk_tokens_for(a.chunk or StepConfig().logprob_chunk, QWEN3_VOCAB)
     logits = a.rows * a.new * QWEN3_VOCAB * 4
     print(f"one fp32 [N,T,V] = {a.rows} x {a.new} x {QWEN3_VOCAB} x 4 B = {logits / 2**30:.2f} GiB")
     rows = []

@@ -131,7 +131,7 @@ def _objective(kind, chunk, t=T, vocab=QWEN3_VOCAB, **cfg_over):
 def test_update_and_reference_pass_use_it_and_match_full_logits(mu, micro):
     """The training path (make_compute_logprobs + make_update, as train.py builds them) gives
     the same log-probs, metrics and new params with chunking (default) as with full logits."""
-    assert ts.StepConfig().logprob_chunk > 0  # chunked is the default
+    assert ts.StepConfig().logprob_chunk == lpm.AUTO  # chunked by size is the default
     b = _batch(jax.random.PRNGKey(5))
     out = {}
     for chunk in (0, 12):  # 3 positions of 4 rows (6 of 2 with 2 micro-batches), padded
@@ -209,3 +209,84 @@ def test_sharded_chunked_update_and_reference_equal_one_device_full_logits():
         np.testing.assert_allclose(got["m"][k], want["m"][k], rtol=1e-4, err_msg=k)
     jax.tree.map(lambda a, c: np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-6),
                  got["params"], want["params"])  # fmt: skip
+
+
+def test_auto_chunk_size_follows_the_vocabulary():
+    """-1 (auto) bounds one chunk's fp32 logits at LOGIT_CHUNK_BYTES: a toy vocabulary gets
+    one chunk for any realistic batch, a real one gets chunks; explicit values pass through."""
+    budget = lpm.LOGIT_CHUNK_BYTES
+    assert lpm.chunk_tokens_for(-1, 49_152) == budget // (4 * 49_152) == 1365
+    assert lpm.chunk_tokens_for(-1, QWEN3_VOCAB) == 442
+    assert lpm.chunk_tokens_for(-1, 64) == budget // 256
+    assert lpm.chunk_tokens_for(-1, 10**12) == 1  # never zero: zero would mean "no chunks"
+    assert lpm.chunk_tokens_for(0, 49_152) == 0 and lpm.chunk_tokens_for(96, 49_152) == 96
+    with pytest.raises(ValueError, match="logprob_chunk=-2 must be >= -1"):
+        ts.step_config(logprob_chunk=-2)
+
+
+def test_chunks_are_balanced_and_auto_matches_full_logits(monkeypatch):
+    """Chunks split T into k near-equal parts: 7 positions at <= 3 per chunk are 3 chunks
+    of 3 (2 padded), never more chunks than needed. Auto with a budget that forces
+    chunking gives the full-logit values and gradients."""
+    mc, params = _model("untied", vocab=97)
+    apply_fn = policy.make_apply_fn(mc)
+    b = _batch(jax.random.PRNGKey(6), vocab=97)
+    seen = []
+    head = apply_fn.head_fn
+
+    def spy(p, h):
+        seen.append(h.shape)
+        return head(p, h)
+
+    h = apply_fn.hidden_fn(params, b["input_ids"], b["attention_mask"])[:, P - 1 : P - 1 + T]
+    y = b["input_ids"][:, P:]
+    lpm.chunked_token_logprobs(spy, params, h, y, 1.0, N * 3)
+    assert seen[-1][:2] == (N, 3)  # k = ceil(7 / 3) = 3 chunks of ceil(7 / 3) = 3
+    seen.clear()
+    lpm.chunked_token_logprobs(spy, params, h, y, 1.0, N * 6)
+    assert seen[-1][:2] == (N, 4)  # k = 2 chunks of 4, not 6 + 1 padded to 12
+
+    # auto: a budget of 2 positions' logits -> 4 chunks; compare with full logits
+    monkeypatch.setattr(lpm, "LOGIT_CHUNK_BYTES", N * 2 * 97 * 4)
+
+    def f(p, chunk):
+        lp, _ = lpm.completion_logprobs(apply_fn, p, b["input_ids"], b["attention_mask"], T,
+                                        1.0, chunk)  # fmt: skip
+        return lp.sum(), lp
+
+    (s0, lp0), g0 = jax.value_and_grad(f, has_aux=True)(params, 0)
+    seen.clear()
+    (s1, lp1), g1 = jax.value_and_grad(lambda p: f(p, lpm.AUTO), has_aux=True)(params)
+    np.testing.assert_allclose(lp1, lp0, rtol=1e-5, atol=1e-6)
+    for a, b_ in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
+        np.testing.assert_allclose(a, b_, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("temperature,dtype", [(1.0, jnp.float32), (1.3, jnp.float32),
+                                               (0.7, jnp.bfloat16)])  # fmt: skip
+def test_token_logprobs_custom_vjp_matches_autodiff_of_log_softmax(temperature, dtype):
+    """The hand-written backward (dz = g (onehot - softmax)) against autodiff of the naive
+    log_softmax + gather, with per-token cotangents of both signs; entropy values too."""
+    kz, ky, kw = jax.random.split(jax.random.PRNGKey(7), 3)
+    logits = (3 * jax.random.normal(kz, (2, 5, 301))).astype(dtype)
+    y = jax.random.randint(ky, (2, 5), 0, 301)
+    w = jax.random.normal(kw, (2, 5))
+
+    def naive(z):
+        logz = jax.nn.log_softmax(z.astype(jnp.float32) / temperature, axis=-1)
+        lp = jnp.take_along_axis(logz, y[..., None], axis=-1)[..., 0]
+        return lp, -jnp.sum(jnp.exp(logz) * logz, axis=-1)
+
+    lp0, ent0 = naive(logits)
+    lp1, ent1 = lpm.token_logprobs(logits, y, temperature)
+    np.testing.assert_allclose(lp1, lp0, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ent1, ent0, rtol=1e-5, atol=1e-5)
+    g0 = jax.grad(lambda z: jnp.sum(w * naive(z)[0]))(logits)
+    g1 = jax.grad(lambda z: jnp.sum(w * lpm.token_logprobs(z, y, temperature)[0]))(logits)
+    assert g1.dtype == logits.dtype
+    tol = 1e-6 if dtype == jnp.float32 else 1e-2
+    np.testing.assert_allclose(np.asarray(g1, np.float32), np.asarray(g0, np.float32),
+                               rtol=tol, atol=tol)  # fmt: skip
+    # the entropy is a metric: no gradient flows from it
+    ge = jax.grad(lambda z: jnp.sum(lpm.token_logprobs(z, y, temperature)[1]))(logits)
+    assert float(jnp.max(jnp.abs(ge.astype(jnp.float32)))) == 0.0

@@ -20,12 +20,18 @@ Two model contracts:
     every consumer of the plain contract (sampler, SFT, evaluation) keeps working; the
     log-prob passes see the split and call `chunked_token_logprobs`.
 
-`chunked_token_logprobs` applies the head to ``c = max(1, chunk_tokens // N)`` sequence
-positions of all N rows at a time (``jax.lax.map`` over ceil(T / c) chunks), each chunk under
+`chunked_token_logprobs` applies the head to at most ``max(1, chunk_tokens // N)`` sequence
+positions of all N rows at a time (``jax.lax.map`` over k = ceil(T / that) chunks of
+c = ceil(T / k) positions, so the padding stays below k positions), each chunk under
 ``jax.checkpoint``: the forward keeps one [N,c,V] block alive, and the backward recomputes
 each chunk's logits from its [N,c,E] hidden slice instead of storing [N,T,V]. When one chunk
-covers all T positions (T <= c) there is nothing to bound: the head runs once without the
-checkpoint (the update then costs 3 head passes, not 4). The chunks run
+covers all T positions there is nothing to bound: the head runs once without the checkpoint
+(the update then costs 3 head passes, not 4).
+
+Chunk size (`chunk_tokens_for`): ``chunk_tokens = -1`` (the default, "auto") takes as many
+tokens as keep one chunk's fp32 logits within ``LOGIT_CHUNK_BYTES`` (256 MiB): 1,365 tokens
+at SmolLM2's V = 49,152, 442 at Qwen3's 151,669, and the whole batch at a toy vocabulary,
+where chunking would only add the checkpoint's second head pass. The chunks run
 over the sequence, not over flattened rows, so under data parallelism each chunk still spans
 every device's rows.
 
@@ -42,7 +48,8 @@ both on a tiny model with a 151,669-token vocabulary).
 
 Deliberate deviations: 1. the sequence is zero-padded to a multiple of c (padded positions
 are computed and dropped; their cotangent is zero, so gradients are unchanged);
-2. ``chunk_tokens = 0`` disables chunking (full logits, the plain path) for any model.
+2. ``chunk_tokens = 0`` disables chunking (full logits, the plain path) for any model; a
+positive value is a fixed number of tokens per chunk.
 """
 
 from __future__ import annotations
@@ -74,12 +81,61 @@ class SplitHead:
 
 def token_logprobs(logits, targets, temperature: float):
     """(logp [...], entropy [...]) float32 of ``targets`` [...] under softmax(logits [...,V] /
-    temperature); the entropy carries no gradient (a metric)."""
-    z = logits.astype(jnp.float32) / temperature
-    logz = jax.nn.log_softmax(z, axis=-1)
-    logp = jnp.take_along_axis(logz, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    ent = -jnp.sum(jnp.exp(logz) * logz, axis=-1)
-    return logp, jax.lax.stop_gradient(ent)
+    temperature); the entropy carries no gradient (a metric).
+
+    A custom VJP keeps the passes over [...,V] to what the math needs (at V = 49,152 each
+    one moves 200 KB per token): the forward reads z twice (its max; then sum_v e_v and
+    sum_v e_v z_v together, e = exp(z - max), giving logsumexp and the entropy
+    lse - sum e z / sum e); the backward writes dz = g (onehot(y) - exp(z - lse)) in one
+    pass. Autodiff of log_softmax + gather stored log-softmax and scattered the gather's
+    cotangent into a zero [...,V] block first."""
+    z = logits.astype(jnp.float32)
+    z = z if temperature == 1.0 else z / temperature
+    return _logp_entropy(z, targets.astype(jnp.int32))
+
+
+def _logp_lse_entropy(z, y):
+    m = jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
+    e = jnp.exp(z - m)
+    s = jnp.sum(e, axis=-1)
+    lse = m[..., 0] + jnp.log(s)
+    zy = jnp.take_along_axis(z, y[..., None], axis=-1)[..., 0]
+    return zy - lse, lse, lse - jnp.sum(e * z, axis=-1) / s
+
+
+@jax.custom_vjp
+def _logp_entropy(z, y):
+    logp, _, ent = _logp_lse_entropy(z, y)
+    return logp, ent
+
+
+def _logp_entropy_fwd(z, y):
+    logp, lse, ent = _logp_lse_entropy(z, y)
+    return (logp, ent), (z, y, lse)
+
+
+def _logp_entropy_bwd(res, g):
+    z, y, lse = res
+    g_logp, _ = g  # the entropy is a metric: no gradient
+    onehot = jnp.arange(z.shape[-1], dtype=jnp.int32) == y[..., None]
+    dz = g_logp[..., None] * (onehot.astype(z.dtype) - jnp.exp(z - lse[..., None]))
+    return dz, None
+
+
+_logp_entropy.defvjp(_logp_entropy_fwd, _logp_entropy_bwd)
+
+
+# "auto" chunks (chunk_tokens = -1): one chunk's fp32 logits [tokens, V] stay within this
+LOGIT_CHUNK_BYTES = 256 * 2**20
+AUTO = -1
+
+
+def chunk_tokens_for(chunk_tokens: int, vocab: int) -> int:
+    """Tokens per log-prob chunk: ``chunk_tokens`` itself when >= 0 (0 = no chunking), else
+    (auto) the most tokens whose fp32 logits fit ``LOGIT_CHUNK_BYTES``."""
+    if chunk_tokens >= 0:
+        return chunk_tokens
+    return max(1, LOGIT_CHUNK_BYTES // (4 * vocab))
 
 
 def chunked_token_logprobs(
@@ -87,11 +143,15 @@ def chunked_token_logprobs(
 ):
     """`token_logprobs` of ``head_fn(params, hidden)`` without materialising [N,T,V].
 
-    hidden [N,T,E], targets [N,T] int -> (logp [N,T], entropy [N,T]) float32. Chunks of
-    ``c = max(1, chunk_tokens // N)`` positions (static), rematerialised in the backward."""
+    hidden [N,T,E], targets [N,T] int -> (logp [N,T], entropy [N,T]) float32. Chunks of at
+    most ``max(1, chunk_tokens // N)`` positions (static; ``chunk_tokens`` -1 = auto, see
+    `chunk_tokens_for`), balanced over the k chunks, rematerialised in the backward."""
     n, t = targets.shape
-    c = min(max(1, chunk_tokens // max(n, 1)), t)
-    k = -(-t // c)
+    if chunk_tokens < 0:
+        vocab = jax.eval_shape(head_fn, params, hidden[:, :1]).shape[-1]
+        chunk_tokens = chunk_tokens_for(chunk_tokens, vocab)
+    k = -(-t // min(max(1, chunk_tokens // max(n, 1)), t))
+    c = -(-t // k)  # the same k chunks, padded by < k positions instead of < c
     if k == 1:
         # one chunk covers the sequence: its residuals are the one [N,t,V] block the bound
         # allows anyway, so the checkpoint would only buy a second head forward
@@ -118,7 +178,7 @@ def completion_logprobs(
 ):  # fmt: skip
     """(logp, entropy) [N,t] of the last t tokens of ``input_ids`` [N,P+t]: the logits at
     positions P-1 .. P+t-2 predict completion tokens 0 .. t-1. A `SplitHead` model with
-    ``chunk_tokens > 0`` goes through `chunked_token_logprobs`; any other through the full
+    ``chunk_tokens != 0`` goes through `chunked_token_logprobs`; 0 through the full
     logits (of the t positions only). ``group`` > 1 promises that each run of ``group`` consecutive rows shares its
     first P columns (ids and mask): a `SplitHead` with a ``shared_prompt_fn`` then runs
     that prompt once per group (same values; the caller guarantees the layout)."""
@@ -131,7 +191,7 @@ def completion_logprobs(
         hidden = apply_fn.shared_prompt_fn(params, input_ids, attention_mask, t, group)
     else:
         hidden = apply_fn.hidden_fn(params, input_ids, attention_mask)[:, p - 1 : p - 1 + t]
-    if chunk_tokens > 0:
+    if chunk_tokens != 0:
         return chunked_token_logprobs(
             apply_fn.head_fn, params, hidden, targets, temperature, chunk_tokens
         )

@@ -61,8 +61,9 @@ class ObjectiveConfig:
     mu: int = 1  # optimizer steps per generation batch
     mask_truncated_completions: bool = True
     micro_batches: int = 1  # gradient accumulation inside one jitted update
-    # tokens per fused lm_head + log-softmax chunk of the log-prob passes (0 = full logits)
-    logprob_chunk: int = 512
+    # tokens per fused lm_head + log-softmax chunk of the log-prob passes: -1 = auto (one
+    # chunk's fp32 logits <= 256 MiB, `logprobs.chunk_tokens_for`), 0 = full logits
+    logprob_chunk: int = -1
     mirror_params_path: str = ""  # .npz of neural-mirror coefficients (e.g. learned by ES)
     mirror_init: str = "reference"  # a key of divergences.MIRROR_INITS
     # TRL >= 1.x `use_bias_correction_kl`: the per-token divergence times the importance
@@ -92,10 +93,11 @@ class ObjectiveConfig:
                 f"epsilon_low={self.epsilon_low}, epsilon_high={self.epsilon_high}: need "
                 "0 <= epsilon_low < 1 and epsilon_high >= 0 (typical 0.2 / 0.2 or 0.28)"
             )
-        for name, low in (("mu", 1), ("micro_batches", 1), ("logprob_chunk", 0),
+        for name, low in (("mu", 1), ("micro_batches", 1), ("logprob_chunk", -1),
                           ("max_completion_length", 0)):  # fmt: skip
             if getattr(self, name) < low:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= {low}")
+                hint = " (-1 = auto, 0 = full logits, N = tokens per chunk)" if low < 0 else ""
+                raise ValueError(f"{name}={getattr(self, name)} must be >= {low}{hint}")
         if self.mirror_params_path and self.divergence != "neural_mirror":
             raise ValueError(f"mirror_params_path={self.mirror_params_path!r} needs "
                              "divergence=neural_mirror")  # fmt: skip

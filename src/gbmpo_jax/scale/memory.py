@@ -10,7 +10,8 @@ Counts, in bytes:
   activations the training forward/backward of one micro-batch: per layer and token about
               (10 x hidden + 3 x intermediate) values kept for the backward pass (1 x hidden
               with remat), plus fp32 logits twice (logits and grad): [rows, T, vocab] with
-              objective.logprob_chunk = 0, else one chunk of logprob_chunk tokens x vocab.
+              objective.logprob_chunk = 0, else one chunk of logprob_chunk tokens x vocab
+              (auto, -1: the tokens `logprobs.chunk_tokens_for` picks).
 Sharding divides params/optimizer by the fsdp x tensor axes and rows by the data axes.
 """
 
@@ -22,6 +23,7 @@ import jax
 
 from gbmpo_jax.models import params as model_params
 from gbmpo_jax.models.config import ModelConfig
+from gbmpo_jax.rl.logprobs import chunk_tokens_for
 
 _BYTES = {"float32": 4, "bfloat16": 2}
 
@@ -66,7 +68,7 @@ def estimate(
     kv = 2 * c.num_layers * rows * seq * c.num_kv_heads * c.head_dim * cbytes / tensor
     micro_rows = rows / cfg.objective.micro_batches
     per_tok = c.hidden_size if cfg.model.remat else 10 * c.hidden_size + 3 * c.intermediate_size
-    chunk = cfg.objective.logprob_chunk
+    chunk = chunk_tokens_for(cfg.objective.logprob_chunk, c.vocab_size)
     logit_rows = micro_rows * seq if not chunk else min(micro_rows * seq, chunk)
     acts = micro_rows * seq * c.num_layers * per_tok * cbytes
     acts += logit_rows * 2 * 4 * c.vocab_size / tensor
