@@ -21,8 +21,10 @@ lr 1e-6, clip 1.0). The reward (both sides, on the decoded text): how often one 
         with num_iterations = 1) -> advantages -> make_update. Each phase is timed after
         block_until_ready. The CPU settings: layers unrolled (model.scan_layers=false) and,
         under `make bench`, tcmalloc preloaded for both sides (the workers inherit
-        LD_PRELOAD; `machine.allocator` records it). Log-probs in chunks of 512 tokens (the
-        default `objective.logprob_chunk`: the [rows, tokens, vocab] logits never exist whole).
+        LD_PRELOAD; `machine.allocator` records it), and each large compile's freed memory
+        handed back (`host.release_after_compiles`, as `train.setup` does). Log-probs in the
+        default `objective.logprob_chunk` (auto: chunks of <= 256 MiB of fp32 logits; the
+        vocab-64 cases fit one).
   TRL   GRPOTrainer.train(max_steps = N), step times from a TrainerCallback (on_step_end to
         on_step_end); generation_kwargs min_new_tokens = max, fp32, gradient checkpointing
         off (TRL defaults to on: an extra forward we do not do).
@@ -174,7 +176,9 @@ def ours_worker(name: str, model_dir: str, steps: int, seed: int, micro: int) ->
     from gbmpo_jax.rl.optim import OptimConfig, make_optimizer
     from gbmpo_jax.rl.train_step import init_state, make_compute_logprobs, make_update, step_config
     from gbmpo_jax.sampler import sampling
+    from gbmpo_jax.scale import host
 
+    host.release_after_compiles()  # as `train.setup` does
     case = CASES[name]
     new_tokens = case.new_tokens
     _, prompt_ids, tok = _load_case(name, model_dir)

@@ -50,3 +50,32 @@ def test_makefile_preloads_tcmalloc_when_installed():
     off = subprocess.run(["make", "-s", "-n", "train", "EXP=default", "TCMALLOC="], cwd=root,
                          capture_output=True, text=True).stdout  # fmt: skip
     assert "LD_PRELOAD" not in off
+
+
+def test_compiles_hand_their_free_memory_back():
+    """`release_after_compiles` runs the release after backend compiles (once per compile,
+    however often it is installed), and the release finds its call under this allocator."""
+    code = (
+        "import jax, jax.numpy as jnp\n"
+        "from gbmpo_jax.scale import host\n"
+        "calls = []\n"
+        "orig = host.release_free_memory\n"
+        "host.release_free_memory = lambda: calls.append(1) or orig()\n"
+        "x = jnp.ones(3)\n"
+        "host.release_after_compiles(min_seconds=0.0)\n"
+        "host.release_after_compiles(min_seconds=0.0)\n"
+        "jax.jit(lambda v: jnp.sin(v) * 2)(x).block_until_ready()\n"
+        "one = len(calls)\n"
+        "jax.jit(lambda v: jnp.cos(v) * 3)(x).block_until_ready()\n"
+        "print(one, len(calls), orig())\n"
+    )
+    for preload in (None, os.environ.get("LD_PRELOAD")):
+        env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+        if preload:
+            env["LD_PRELOAD"] = preload
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        one, two, found = out.stdout.split()
+        assert int(one) == 1 and int(two) == 2, out.stdout  # one release per compile
+        assert found == "True"  # glibc's malloc_trim / tcmalloc's ReleaseFreeMemory

@@ -25,6 +25,7 @@ from gbmpo_jax import config as config_lib
 from gbmpo_jax import errors, models, policy
 from gbmpo_jax.rl import program
 from gbmpo_jax.rl.train_step import policy_params
+from gbmpo_jax.scale import host
 from gbmpo_jax.tasks import data, episodes
 from gbmpo_jax.tasks import evaluation as evaluate_lib
 from gbmpo_jax.workdir import checkpoint
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
     cfg, trained = run_config(run_dir, args)
     default = run_dir / "evals" / f"{datetime.datetime.now():%Y%m%d-%H%M%S}_{cfg.task.eval_split}"
     out = fresh_output_dir(args.out, default)  # before any loading
+    host.release_after_compiles()  # as training does (`train.setup`)
     model, tok = load_run_policy(run_dir, cfg, log)
     t = cfg.task
     same_data = (t.name, t.source, t.options, t.eval_split) == (

@@ -80,11 +80,13 @@ def default_workdir(name: str, root="runs") -> pathlib.Path:
 def setup(cfg, log=print):
     """(model, tokenizer, objective, train data) of a run config, the one set-up path of
     training and the ES runner; a bad model or data input is an InputError naming its key.
-    Logs (process 0) a note when XLA runs on the CPU without tcmalloc (`scale.host`)."""
+    Logs (process 0) a note when XLA runs on the CPU without tcmalloc, and hands each large
+    compile's freed memory back to the kernel (`scale.host`)."""
     m, t = cfg.model, cfg.task
     note = host.allocator_note(jax.default_backend())
     if note and jax.process_index() == 0:
         log(note)
+    host.release_after_compiles()
     what = f"model.path={m.path!r}" + (f" / model.tokenizer={m.tokenizer!r}" if m.tokenizer else "")
     with errors.phase(what, "check or replace that file / directory"):
         model, tokenizer = policy.load_model_and_tokenizer(cfg)
