@@ -10,6 +10,11 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+# runs' persistent compilation cache (run.compile_cache=auto): a test directory, not ~/.cache
+os.environ.setdefault(
+    "GBMPO_COMPILE_CACHE",
+    os.path.join(__import__("tempfile").gettempdir(), "gbmpo-jax-tests-xla-cache"),
+)
 
 import pathlib  # noqa: E402
 

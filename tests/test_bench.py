@@ -147,6 +147,8 @@ def test_quick_run_prints_the_documented_json(tmp_path):
     parts = sum(ours["step_breakdown_median_s"].values())
     assert parts <= ours["step"]["steady_s"]["max"] * 1.01
     assert ours["peak_rss_mb"] > 50
+    warm = ours["warm_cache"]  # the second process, reading the first one's executables
+    assert warm["peak_rss_mb"] > 50 and warm["first_step_s"] > 0 and warm["step_s"] > 0
     s = doc["summary"]["step_tiny"]
     assert s["ours_step_s"] == ours["step"]["steady_s"]["median"]
     assert doc["peak_rss_mb"]["children"] >= ours["peak_rss_mb"]

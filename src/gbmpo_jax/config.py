@@ -111,6 +111,9 @@ class RunCfg:
     max_skipped_in_row: int = 5
     export: bool = True  # write the final policy as a HF directory (LoRA merged)
     samples_to_log: int = 2
+    # persistent XLA compilation cache: "auto" (~/.cache/gbmpo_jax/xla or
+    # $GBMPO_COMPILE_CACHE), "off", or a directory (`scale.compile_cache`)
+    compile_cache: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -362,4 +365,6 @@ def validate(cfg: Config) -> Config:
     _check(run.save_every_steps >= 1, "run.save_every_steps", "must be >= 1")
     _check(run.keep >= 1, "run.keep", "must be >= 1")
     _check(run.max_skipped_in_row >= 1, "run.max_skipped_in_row", "must be >= 1")
+    _check(bool(str(run.compile_cache).strip()), "run.compile_cache",
+           "must be 'auto', 'off' or a directory")  # fmt: skip
     return cfg

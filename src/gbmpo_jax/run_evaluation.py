@@ -25,7 +25,7 @@ from gbmpo_jax import config as config_lib
 from gbmpo_jax import errors, models, policy
 from gbmpo_jax.rl import program
 from gbmpo_jax.rl.train_step import policy_params
-from gbmpo_jax.scale import host
+from gbmpo_jax.scale import compile_cache, host
 from gbmpo_jax.tasks import data, episodes
 from gbmpo_jax.tasks import evaluation as evaluate_lib
 from gbmpo_jax.workdir import checkpoint
@@ -109,6 +109,9 @@ def run(args: argparse.Namespace, log=print) -> dict:
     default = run_dir / "evals" / f"{datetime.datetime.now():%Y%m%d-%H%M%S}_{cfg.task.eval_split}"
     out = fresh_output_dir(args.out, default)  # before any loading
     host.release_after_compiles()  # as training does (`train.setup`)
+    with errors.phase(f"run.compile_cache={cfg.run.compile_cache!r}",
+                      "pass a writable directory, or 'off'"):  # fmt: skip
+        compile_cache.enable(cfg.run.compile_cache)
     model, tok = load_run_policy(run_dir, cfg, log)
     t = cfg.task
     same_data = (t.name, t.source, t.options, t.eval_split) == (

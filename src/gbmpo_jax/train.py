@@ -45,7 +45,7 @@ from gbmpo_jax import errors, experiment, models, policy
 from gbmpo_jax.rl import placement
 from gbmpo_jax.rl import program as program_lib
 from gbmpo_jax.rl.train_step import check_skips
-from gbmpo_jax.scale import distributed, host, memory
+from gbmpo_jax.scale import compile_cache, distributed, host, memory
 from gbmpo_jax.scale import mesh as mesh_lib
 from gbmpo_jax.sft import WARMUP_CKPT, supervised_warmup
 from gbmpo_jax.tasks import episodes
@@ -80,13 +80,19 @@ def default_workdir(name: str, root="runs") -> pathlib.Path:
 def setup(cfg, log=print):
     """(model, tokenizer, objective, train data) of a run config, the one set-up path of
     training and the ES runner; a bad model or data input is an InputError naming its key.
-    Logs (process 0) a note when XLA runs on the CPU without tcmalloc, and hands each large
-    compile's freed memory back to the kernel (`scale.host`)."""
+    Logs (process 0) a note when XLA runs on the CPU without tcmalloc, hands each large
+    compile's freed memory back to the kernel (`scale.host`) and points JAX's persistent
+    compilation cache at ``run.compile_cache`` (`scale.compile_cache`)."""
     m, t = cfg.model, cfg.task
     note = host.allocator_note(jax.default_backend())
     if note and jax.process_index() == 0:
         log(note)
     host.release_after_compiles()
+    with errors.phase(f"run.compile_cache={cfg.run.compile_cache!r}",
+                      "pass a writable directory, or 'off'"):  # fmt: skip
+        cache = compile_cache.enable(cfg.run.compile_cache)
+    if cache is None and cfg.run.compile_cache != "off" and jax.process_index() == 0:
+        log("note: no XLA compilation cache (run.compile_cache): every start compiles afresh")
     what = f"model.path={m.path!r}" + (f" / model.tokenizer={m.tokenizer!r}" if m.tokenizer else "")
     with errors.phase(what, "check or replace that file / directory"):
         model, tokenizer = policy.load_model_and_tokenizer(cfg)
