@@ -72,3 +72,19 @@ def test_an_empty_setting_is_rejected_before_anything_runs():
         ["run.compile_cache="]))  # fmt: skip
     with pytest.raises(config_lib.ConfigError, match="run.compile_cache: must be 'auto'"):
         config_lib.validate(cfg)
+
+
+def test_setup_says_when_remat_cannot_save_memory():
+    """model.remat over unrolled layers keeps its recompute in the forward on XLA:CPU: the
+    set-up log says so and how to get remat's memory; the scanned setting gets no note."""
+    from gbmpo_jax import experiment
+
+    logs = {}
+    for scan in (False, True):
+        cfg = config_lib.override(experiment.load("default:smoke"),
+                                  **{"model.remat": True, "model.scan_layers": scan})  # fmt: skip
+        lines = []
+        train.setup(config_lib.validate(cfg), log=lines.append)
+        logs[scan] = " ".join(lines)
+    assert "model.remat saves no memory" in logs[False] and "scan_layers=true" in logs[False]
+    assert "model.remat" not in logs[True]
