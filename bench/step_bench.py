@@ -22,7 +22,7 @@ lr 1e-6, clip 1.0). The reward (both sides, on the decoded text): how often one 
         block_until_ready. The CPU settings: layers unrolled (model.scan_layers=false) and,
         under `make bench`, tcmalloc preloaded for both sides (the workers inherit
         LD_PRELOAD; `machine.allocator` records it), and each large compile's freed memory
-        handed back (`host.release_after_compiles`, as `train.setup` does). Log-probs in the
+        handed back (`host.release_around_compiles`, as `train.setup` does). Log-probs in the
         default `objective.logprob_chunk` (auto: chunks of <= 256 MiB of fp32 logits; the
         vocab-64 cases fit one).
   TRL   GRPOTrainer.train(max_steps = N), step times from a TrainerCallback (on_step_end to
@@ -180,7 +180,7 @@ def ours_worker(name: str, model_dir: str, steps: int, seed: int, micro: int) ->
     from gbmpo_jax.sampler import sampling
     from gbmpo_jax.scale import compile_cache, host
 
-    host.release_after_compiles()  # as `train.setup` does, with run.compile_cache=auto:
+    host.release_around_compiles()  # as `train.setup` does, with run.compile_cache=auto:
     compile_cache.enable("auto")  # the directory the parent passes in GBMPO_COMPILE_CACHE
     case = CASES[name]
     new_tokens = case.new_tokens

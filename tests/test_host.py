@@ -53,8 +53,9 @@ def test_makefile_preloads_tcmalloc_when_installed():
 
 
 def test_compiles_hand_their_free_memory_back():
-    """`release_after_compiles` runs the release after backend compiles (once per compile,
-    however often it is installed), and the release finds its call under this allocator."""
+    """`release_around_compiles` runs the release before and after each backend compile
+    (once each, however often it is installed), and the release finds its call under this
+    allocator."""
     code = (
         "import jax, jax.numpy as jnp\n"
         "from gbmpo_jax.scale import host\n"
@@ -62,8 +63,8 @@ def test_compiles_hand_their_free_memory_back():
         "orig = host.release_free_memory\n"
         "host.release_free_memory = lambda: calls.append(1) or orig()\n"
         "x = jnp.ones(3)\n"
-        "host.release_after_compiles(min_seconds=0.0)\n"
-        "host.release_after_compiles(min_seconds=0.0)\n"
+        "host.release_around_compiles(min_seconds=0.0, min_lower_seconds=0.0)\n"
+        "host.release_around_compiles(min_seconds=0.0, min_lower_seconds=0.0)\n"
         "jax.jit(lambda v: jnp.sin(v) * 2)(x).block_until_ready()\n"
         "one = len(calls)\n"
         "jax.jit(lambda v: jnp.cos(v) * 3)(x).block_until_ready()\n"
@@ -77,5 +78,5 @@ def test_compiles_hand_their_free_memory_back():
                              text=True)  # fmt: skip
         assert out.returncode == 0, out.stderr
         one, two, found = out.stdout.split()
-        assert int(one) == 1 and int(two) == 2, out.stdout  # one release per compile
+        assert int(one) == 2 and int(two) == 4, out.stdout  # before and after each compile
         assert found == "True"  # glibc's malloc_trim / tcmalloc's ReleaseFreeMemory

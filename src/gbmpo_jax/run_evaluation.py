@@ -108,7 +108,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
     cfg, trained = run_config(run_dir, args)
     default = run_dir / "evals" / f"{datetime.datetime.now():%Y%m%d-%H%M%S}_{cfg.task.eval_split}"
     out = fresh_output_dir(args.out, default)  # before any loading
-    host.release_after_compiles()  # as training does (`train.setup`)
+    host.release_around_compiles()  # as training does (`train.setup`)
     with errors.phase(f"run.compile_cache={cfg.run.compile_cache!r}",
                       "pass a writable directory, or 'off'"):  # fmt: skip
         compile_cache.enable(cfg.run.compile_cache)

@@ -94,7 +94,7 @@ def setup(cfg, log=print):
         log("note: model.remat saves no memory on XLA:CPU with model.scan_layers=false (XLA:CPU "
             "drops the barriers that keep the recompute in the backward); set "
             "model.scan_layers=true for remat's memory")  # fmt: skip
-    host.release_after_compiles()
+    host.release_around_compiles()
     with errors.phase(f"run.compile_cache={cfg.run.compile_cache!r}",
                       "pass a writable directory, or 'off'"):  # fmt: skip
         cache = compile_cache.enable(cfg.run.compile_cache)
