@@ -247,13 +247,17 @@ def test_chunks_are_balanced_and_auto_matches_full_logits(monkeypatch):
     assert seen[-1][:2] == (N, 4)  # k = 2 chunks of 4, not 6 + 1 padded to 12
 
     # auto: a budget of 2 positions' logits -> 4 chunks; compare with full logits
-    monkeypatch.setattr(lpm, "LOGIT_CHUNK_BYTES", N * 2 * 97 * 4)
+    from gbmpo_jax.scale import memory
+
+    monkeypatch.setattr(memory, "LOGIT_CHUNK_BYTES", N * 2 * 97 * 4)
 
     def f(p, chunk):
         lp, _ = lpm.completion_logprobs(apply_fn, p, b["input_ids"], b["attention_mask"], T,
                                         1.0, chunk)  # fmt: skip
         return lp.sum(), lp
 
+    auto = str(jax.make_jaxpr(jax.grad(lambda p: f(p, lpm.AUTO)[0]))(params))
+    assert "checkpoint" in auto or "remat" in auto  # the small budget did chunk
     (s0, lp0), g0 = jax.value_and_grad(f, has_aux=True)(params, 0)
     seen.clear()
     (s1, lp1), g1 = jax.value_and_grad(lambda p: f(p, lpm.AUTO), has_aux=True)(params)

@@ -60,6 +60,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from gbmpo_jax.scale.memory import AUTO, LOGIT_CHUNK_BYTES, chunk_tokens_for  # noqa: F401
+
 
 @dataclasses.dataclass(frozen=True)
 class SplitHead:
@@ -123,19 +125,6 @@ def _logp_entropy_bwd(res, g):
 
 
 _logp_entropy.defvjp(_logp_entropy_fwd, _logp_entropy_bwd)
-
-
-# "auto" chunks (chunk_tokens = -1): one chunk's fp32 logits [tokens, V] stay within this
-LOGIT_CHUNK_BYTES = 256 * 2**20
-AUTO = -1
-
-
-def chunk_tokens_for(chunk_tokens: int, vocab: int) -> int:
-    """Tokens per log-prob chunk: ``chunk_tokens`` itself when >= 0 (0 = no chunking), else
-    (auto) the most tokens whose fp32 logits fit ``LOGIT_CHUNK_BYTES``."""
-    if chunk_tokens >= 0:
-        return chunk_tokens
-    return max(1, LOGIT_CHUNK_BYTES // (4 * vocab))
 
 
 def chunked_token_logprobs(

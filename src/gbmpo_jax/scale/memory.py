@@ -11,7 +11,9 @@ Counts, in bytes:
               (10 x hidden + 3 x intermediate) values kept for the backward pass (1 x hidden
               with remat), plus fp32 logits twice (logits and grad): [rows, T, vocab] with
               objective.logprob_chunk = 0, else one chunk of logprob_chunk tokens x vocab
-              (auto, -1: the tokens `logprobs.chunk_tokens_for` picks).
+              (auto, -1: the tokens `chunk_tokens_for` picks).
+
+The log-prob passes' chunk budget lives here too (`chunk_tokens_for`, used by `rl.logprobs`).
 Sharding divides params/optimizer by the fsdp x tensor axes and rows by the data axes.
 """
 
@@ -23,9 +25,20 @@ import jax
 
 from gbmpo_jax.models import params as model_params
 from gbmpo_jax.models.config import ModelConfig
-from gbmpo_jax.rl.logprobs import chunk_tokens_for
 
 _BYTES = {"float32": 4, "bfloat16": 2}
+# "auto" log-prob chunks (objective.logprob_chunk = -1): one chunk's fp32 logits
+# [tokens, V] stay within this
+LOGIT_CHUNK_BYTES = 256 * 2**20
+AUTO = -1
+
+
+def chunk_tokens_for(chunk_tokens: int, vocab: int) -> int:
+    """Tokens per log-prob chunk: ``chunk_tokens`` itself when >= 0 (0 = no chunking), else
+    (auto) the most tokens whose fp32 logits fit ``LOGIT_CHUNK_BYTES``."""
+    if chunk_tokens >= 0:
+        return chunk_tokens
+    return max(1, LOGIT_CHUNK_BYTES // (4 * vocab))
 
 
 def count_params(model_config: ModelConfig) -> int:
