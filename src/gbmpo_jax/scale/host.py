@@ -17,8 +17,10 @@ and the program's temporaries then come on top of them: XLA:CPU allocates them a
 (2.1 GB for that update), which no fragment of the free lists can serve. Tracing and lowering
 leave theirs too, under which the compiler's working set then comes. Listeners on JAX's
 lowering and backend-compile events hand the free pages back before and after each large
-compile (tcmalloc: ``MallocExtension_ReleaseFreeMemory``; glibc: ``malloc_trim``): "3M" bench
-worker peak RSS 948 MB -> 777 MB (after only) -> ~600 MB (before and after), TRL's 745 MB.
+compile (tcmalloc: ``MallocExtension_ReleaseFreeMemory``; glibc: ``malloc_trim``). "3M" bench
+worker peak RSS: 948 MB -> 777 MB with the release after compiles; adding the one before
+compiles measured 732 -> 600 MB in a probe, while the full benchmark's cold worker stayed at
+~800 MB (BENCHMARKS.md; TRL 735-747 MB).
 """
 
 from __future__ import annotations
