@@ -37,8 +37,8 @@ in `logit_processors`, and splitting the loop from its cache growth would split 
 
 Length: over 400 lines; the text-in / text-out helpers at the end (`default_stop_token_ids`,
 `generate_text`, `decode`) are the split to make (a `sampler/text.py`). They stay here for
-now because evaluation, ES, the step program and the tests reach them as `sampling.*`
-(19 call sites, some monkeypatched), a move for a change of its own.
+now because evaluation, ES, the step program, the policy and the tests reach them as
+`sampling.*` (the tests monkeypatch some), a move for a change of its own.
 """
 
 from __future__ import annotations
